@@ -1,0 +1,47 @@
+# sempair — the two commands that matter: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+export DVC_NO_ANALYTICS := 1
+export PYTHONUNBUFFERED := 1
+
+.PHONY: venv demo test lint format compile bench lock clean
+
+# torch first, alone and exact (any other spec pulls a multi-GB CUDA build), then
+# everything else in one resolve against the lock.
+$(STAMP): pyproject.toml requirements/lock.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -c requirements/lock.txt -e '.[dev]'
+	$(PY) -m pip check
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: venv  ## synthetic recordings -> the Kubeflow pipeline, run locally
+	$(PY) -m pipelines.local --synth --workdir runs/demo
+
+test: venv  ## the whole test suite
+	$(PY) -m pytest
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+format: venv
+	$(VENV)/bin/ruff check --fix .
+
+compile: venv  ## refresh pipelines/training_pipeline.yaml
+	$(PY) -m pipelines.compile
+
+bench: venv  ## benchmarks -> benchmarks/results.md
+	$(PY) benchmarks/ingest.py
+
+lock: venv  ## pin today's resolve into requirements/lock.txt
+	(head -2 requirements/lock.txt; $(PY) -m pip freeze --exclude-editable | grep -v '^torch==') \
+		> requirements/lock.tmp && mv requirements/lock.tmp requirements/lock.txt
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache benchmarks/.work

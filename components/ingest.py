@@ -1,0 +1,33 @@
+"""Ingest step: recordings -> clip dataset, with a quarantine report."""
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import Dataset, Markdown, Output
+
+from components import BASE_IMAGE
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def ingest(
+    source: str,
+    dataset: Output[Dataset],
+    report: Output[Markdown],
+    overrides: list = [],  # noqa: B006 - KFP parameters are declared with literal defaults
+) -> NamedTuple("IngestOutputs", clips=int, recordings=int, quarantined=int, dataset_id=str):
+    """Cut the recordings under `source` into clips; see `sempair ingest --help`."""
+    from collections import namedtuple
+
+    from sempair.config import load_config
+    from sempair.ingest import ingest as run_ingest
+
+    summary = run_ingest(source, dataset.path, load_config(None, overrides), overwrite=True)
+    print(summary)
+    dataset.metadata.update({"dataset_id": summary.dataset_id, "clips": summary.clips,
+                             "recordings": summary.recordings, "source": source,
+                             "splits": summary.splits})
+    with open(report.path, "w") as handle:
+        handle.write(summary.markdown())
+    outputs = namedtuple("IngestOutputs", "clips recordings quarantined dataset_id")
+    return outputs(summary.clips, summary.recordings, len(summary.quarantined),
+                   summary.dataset_id)

@@ -1,0 +1,8 @@
+"""sempair: audio-visual representation learning for surveillance recordings."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("sempair")
+except PackageNotFoundError:  # running from a source tree without an install
+    __version__ = "0.0.0+source"

@@ -1,0 +1,116 @@
+"""The `sempair` command: one subcommand per pipeline step, each a thin call into the library.
+
+Every subcommand reads params.yaml (`--params FILE`, default: the packaged one) and takes
+`--set section.key=value` overrides, so the CLI, DVC stages and KFP components share one
+configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from sempair import __version__
+from sempair.config import Config, ConfigError, load_config
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(args.params, args.set)
+
+
+def cmd_synth(args: argparse.Namespace) -> None:
+    from sempair.synth import generate, write_bad_files
+
+    cfg = _config(args).synth
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in (
+        ("seed", args.seed), ("recordings", args.recordings), ("seconds", args.seconds))
+        if v is not None})
+    summary = generate(Path(args.out), cfg, progress=not args.quiet)
+    print(summary)
+    if args.bad_files:
+        kinds = write_bad_files(Path(args.out) / "bad", seed=cfg.seed)
+        print(f"wrote {len(kinds)} broken files for the quarantine to catch: "
+              + ", ".join(f"bad/{name} ({kind})" for name, kind in kinds.items()))
+
+
+def cmd_ingest(args: argparse.Namespace) -> None:
+    from sempair.ingest import ingest
+
+    summary = ingest(args.source, args.out, _config(args), workers=args.workers,
+                     overwrite=args.overwrite, progress=not args.quiet)
+    print(summary)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--params", type=Path, default=None,
+                        help="params.yaml to read (default: $SEMPAIR_PARAMS, else the "
+                             "packaged one)")
+    common.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one value of params.yaml; repeatable, e.g. "
+                             "--set features.fps=4")
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+    parser = argparse.ArgumentParser(
+        prog="sempair", description="Audio-visual representation learning for surveillance "
+        "recordings: synthetic data, ingestion, and (next) training, evaluation, serving.")
+    parser.add_argument("--version", action="version", version=f"sempair {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    synth = sub.add_parser(
+        "synth", parents=[common], help="write synthetic surveillance recordings + events.csv",
+        description="Write synthetic surveillance recordings (H.264 + AAC .mp4 of a fixed "
+        "camera scene) with ground truth in events.csv: recurring audio-visual events, "
+        "audio-only and visual-only distractors, audio that leads video, day/night and "
+        "rain drift, rare anomalies. Deterministic from the seed. Sizes, rates and channels "
+        "come from the `synth` section of params.yaml (override with --set synth.KEY=VALUE).")
+    synth.add_argument("out", help="output folder")
+    synth.add_argument("--seed", type=int, help="random seed (default: synth.seed)")
+    synth.add_argument("--recordings", type=int, help="number of recordings (synth.recordings)")
+    synth.add_argument("--seconds", type=float, help="length of each recording (synth.seconds)")
+    synth.add_argument("--bad-files", action="store_true",
+                       help="also write one broken file of each kind under OUT/bad/ (empty, "
+                       "garbage, text, no audio, no video, truncated) to see the quarantine")
+    synth.set_defaults(func=cmd_synth)
+
+    ingest = sub.add_parser(
+        "ingest", parents=[common], help="recordings -> clip dataset",
+        description="Cut every recording under SOURCE into clips of ingest.clip_seconds: "
+        "log-mel audio (mono, features.sample_rate) and RGB frames (features.fps, "
+        "features.height × width), in memory-mappable shards with manifest.parquet, "
+        "recordings.parquet and meta.json. Any container FFmpeg reads; any resolution, "
+        "frame rate, sample rate and channel count. Broken files are quarantined with a "
+        "reason (recordings.parquet and the printed summary), never dropped silently; a "
+        "truncated file keeps its decodable prefix. An events.csv at the source root adds "
+        "per-clip labels for evaluation. The output appears only when complete.")
+    ingest.add_argument("source", help="folder of recordings (a recording's id is its path "
+                        "relative to this folder)")
+    ingest.add_argument("out", help="dataset folder to create")
+    ingest.add_argument("--workers", type=int, default=None,
+                        help="processes, one recording each (default: ingest.workers; 0 = "
+                        "one per core)")
+    ingest.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    ingest.set_defaults(func=cmd_ingest)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ConfigError, FileExistsError, FileNotFoundError, ValueError) as error:
+        print(f"sempair {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except Exception as error:
+        if type(error).__name__.endswith("Error") and type(error).__module__.startswith(
+                "sempair"):
+            print(f"sempair {args.command}: error: {error}", file=sys.stderr)
+            return 1
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

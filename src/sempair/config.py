@@ -1,0 +1,183 @@
+"""Configuration: params.yaml read into frozen dataclasses.
+
+params.yaml is the one home of defaults: the dataclasses below declare names and types
+only, so a value can never silently differ between the file and the code.
+
+    cfg = load_config()                                   # the packaged params.yaml
+    cfg = load_config("params.yaml", ["ingest.workers=2"])  # a file plus overrides
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PARAMS_ENV = "SEMPAIR_PARAMS"
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    seed: int
+    recordings: int
+    seconds: float
+    width: int
+    height: int
+    fps: int
+    sample_rate: int
+    channels: int
+    events_per_minute: float
+    anomaly_share: float
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    sample_rate: int
+    n_fft: int
+    win_seconds: float
+    hop_seconds: float
+    n_mels: int
+    f_min: float
+    f_max: float
+    fps: int
+    height: int
+    width: int
+
+    @property
+    def win_length(self) -> int:
+        return round(self.win_seconds * self.sample_rate)
+
+    @property
+    def hop_length(self) -> int:
+        return round(self.hop_seconds * self.sample_rate)
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    clip_seconds: float
+    hop_seconds: float
+    val_fraction: float
+    test_fraction: float
+    split_seed: int
+    workers: int
+    shard_clips: int
+    extensions: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    name: str
+    base_image: str
+
+
+@dataclass(frozen=True)
+class Config:
+    synth: SynthConfig
+    features: FeatureConfig
+    ingest: IngestConfig
+    pipeline: PipelineConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def check(self) -> Config:
+        """Fail early, with the fix, on values that cannot work together."""
+        f, i = self.features, self.ingest
+        problems = []
+        for name, seconds in (("clip_seconds", i.clip_seconds), ("hop_seconds", i.hop_seconds)):
+            if seconds <= 0:
+                problems.append(f"ingest.{name}={seconds} must be > 0")
+            for rate_name, rate in (("features.sample_rate", f.sample_rate),
+                                    ("features.fps", f.fps)):
+                if abs(seconds * rate - round(seconds * rate)) > 1e-6:
+                    problems.append(f"ingest.{name}={seconds} × {rate_name}={rate} is not a "
+                                    "whole number of samples/frames; pick values that divide")
+        if round(i.clip_seconds * f.sample_rate) % f.hop_length:
+            problems.append("ingest.clip_seconds must hold a whole number of mel hops "
+                            f"(features.hop_seconds={f.hop_seconds})")
+        if f.win_length > f.n_fft:
+            problems.append(f"features.win_seconds gives {f.win_length} samples > "
+                            f"n_fft={f.n_fft}; raise n_fft")
+        if not 0 <= f.f_min < f.f_max <= f.sample_rate / 2:
+            problems.append(f"need 0 <= f_min < f_max <= sample_rate/2, got f_min={f.f_min}, "
+                            f"f_max={f.f_max}, sample_rate={f.sample_rate}")
+        if not 0 <= i.val_fraction + i.test_fraction < 1:
+            problems.append("ingest.val_fraction + ingest.test_fraction must be in [0, 1)")
+        if problems:
+            raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+        return self
+
+
+class ConfigError(ValueError):
+    """A params file or override that cannot be used; the message says how to fix it."""
+
+
+def default_params_path() -> Path:
+    """$SEMPAIR_PARAMS if set, else the params.yaml shipped with the package."""
+    return Path(os.environ.get(PARAMS_ENV) or Path(__file__).with_name("params.yaml"))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> Config:
+    """Read params.yaml (or `path`), apply `section.key=value` overrides, validate."""
+    path = Path(path) if path else default_params_path()
+    if not path.is_file():
+        raise ConfigError(f"params file {path} not found; pass --params FILE or set "
+                          f"{PARAMS_ENV}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    for item in overrides:
+        _apply_override(raw, item)
+    return _build(Config, raw, where=str(path)).check()
+
+
+def _apply_override(raw: dict, item: str) -> None:
+    key, sep, value = item.partition("=")
+    section, dot, name = key.strip().partition(".")
+    if not sep or not dot:
+        raise ConfigError(f"override {item!r} must look like section.key=value, "
+                          "e.g. ingest.workers=2")
+    if section not in raw or name not in raw[section]:
+        raise ConfigError(f"override {item!r}: unknown key {key!r}; known keys in "
+                          f"{section!r}: {sorted(raw.get(section, {}))}")
+    raw[section][name] = yaml.safe_load(value)
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping for {cls.__name__}, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    missing, unknown = fields.keys() - raw.keys(), raw.keys() - fields.keys()
+    if missing or unknown:
+        raise ConfigError(f"{where}: {cls.__name__} is missing {sorted(missing)} and has "
+                          f"unknown keys {sorted(unknown)}; compare with the packaged "
+                          "params.yaml")
+    values = {}
+    for name in fields:
+        hint, value, here = hints[name], raw[name], f"{where}:{name}"
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, value, here)
+        else:
+            values[name] = _coerce(hint, value, here)
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item_type, _) = typing.get_args(hint)
+        return tuple(_coerce(item_type, v, where) for v in value)
+    if isinstance(hint, types.UnionType):
+        raise ConfigError(f"{where}: union types are not supported in configs")
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value

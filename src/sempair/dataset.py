@@ -1,0 +1,133 @@
+"""The clip dataset: its on-disk format and a torch Dataset over it.
+
+    DATASET/
+      meta.json            feature parameters, counts, checksums; written last (commit marker)
+      manifest.parquet     one row per clip: index, clip_id, recording, start, end, split,
+                           shard, row, per-clip statistics, label/anomaly when annotated
+      recordings.parquet   one row per source file: sha256, duration, codecs, status, error
+      shards/NNNNNN-PPP.audio.npy   log-mel  [n, n_mels, mel_frames] float16
+      shards/NNNNNN-PPP.video.npy   frames   [n, T, 3, H, W]         uint8
+
+Shards are plain .npy files (np.load(..., mmap_mode="r") reads them without loading),
+one or more per recording, so workers write them in parallel and millions of clips fit.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+FORMAT = "sempair-clips"
+FORMAT_VERSION = 1
+NPY_HEADER_BYTES = 128  # fixed header size, so the shape can be rewritten in place
+
+
+class DatasetError(Exception):
+    """A folder that is not a complete clip dataset; the message says what to do."""
+
+
+class NpyAppender:
+    """Write a .npy file one batch at a time (bounded memory), fixing its shape on close."""
+
+    def __init__(self, path: Path, item_shape: tuple[int, ...], dtype: np.dtype):
+        self.path, self.item_shape, self.dtype = path, tuple(item_shape), np.dtype(dtype)
+        self.rows = 0
+        self.handle = open(path, "wb")
+        self._write_header()
+
+    def _write_header(self) -> None:
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+                  "shape": (self.rows, *self.item_shape)}
+        text = repr(header).encode("latin1")
+        prefix = b"\x93NUMPY\x01\x00"
+        pad = NPY_HEADER_BYTES - len(prefix) - 2 - len(text) - 1
+        assert pad >= 0, "npy header too long"
+        body = text + b" " * pad + b"\n"
+        self.handle.seek(0)
+        self.handle.write(prefix + len(body).to_bytes(2, "little") + body)
+        self.handle.seek(0, 2)
+
+    def append(self, batch: np.ndarray) -> None:
+        if batch.shape[1:] != self.item_shape or batch.dtype != self.dtype:
+            raise ValueError(f"{self.path.name}: expected [n, {self.item_shape}] {self.dtype}, "
+                             f"got {batch.shape} {batch.dtype}")
+        self.handle.write(np.ascontiguousarray(batch).tobytes())
+        self.rows += len(batch)
+
+    def close(self) -> None:
+        self._write_header()
+        self.handle.close()
+
+
+def read_meta(root: str | Path) -> dict:
+    root = Path(root)
+    meta_path = root / "meta.json"
+    if not meta_path.is_file():
+        hint = ("it is an unfinished ingest (interrupted?): run `sempair ingest` again"
+                if root.name.startswith(".") or any(root.glob("shards")) else
+                "point at a folder written by `sempair ingest`")
+        raise DatasetError(f"{root} is not a complete clip dataset (no meta.json): {hint}")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+        raise DatasetError(f"{root}: format {meta.get('format')} v{meta.get('format_version')}"
+                           f" is not {FORMAT} v{FORMAT_VERSION}; re-ingest with this version")
+    return meta
+
+
+def read_manifest(root: str | Path, split: str | None = None) -> pd.DataFrame:
+    read_meta(root)
+    manifest = pd.read_parquet(Path(root) / "manifest.parquet")
+    if split is not None:
+        known = sorted(manifest["split"].unique())
+        if split not in known:
+            raise DatasetError(f"split {split!r} is not in {root}; it has {known}")
+        manifest = manifest[manifest["split"] == split].reset_index(drop=True)
+    return manifest
+
+
+class ClipDataset(torch.utils.data.Dataset):
+    """Clips of an ingested dataset, read from memory-mapped shards.
+
+    item = {"audio": float32 [n_mels, mel_frames], "video": uint8 [T, 3, H, W],
+            "index": int (row in the whole manifest), "recording": str, "start": float}
+    Video stays uint8 (4× less to copy); the model converts it to float.
+    """
+
+    def __init__(self, root: str | Path, split: str | None = None):
+        self.root = Path(root)
+        self.meta = read_meta(self.root)
+        self.manifest = read_manifest(self.root, split)
+        self._index = self.manifest["index"].to_numpy()
+        self._shard = self.manifest["shard"].to_numpy()
+        self._row = self.manifest["row"].to_numpy()
+        self._recording = self.manifest["recording"].to_numpy()
+        self._start = self.manifest["start"].to_numpy()
+        self._arrays: dict[str, np.ndarray] = {}   # opened lazily, per process
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    def _array(self, shard: str, kind: str) -> np.ndarray:
+        key = f"{shard}.{kind}"
+        if key not in self._arrays:
+            self._arrays[key] = np.load(self.root / "shards" / f"{key}.npy", mmap_mode="r")
+        return self._arrays[key]
+
+    def __getitem__(self, i: int) -> dict:
+        shard, row = self._shard[i], self._row[i]
+        return {
+            "audio": torch.from_numpy(self._array(shard, "audio")[row].astype(np.float32)),
+            "video": torch.from_numpy(np.array(self._array(shard, "video")[row])),
+            "index": int(self._index[i]),
+            "recording": str(self._recording[i]),
+            "start": float(self._start[i]),
+        }
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_arrays"] = {}   # memory maps are reopened in each DataLoader worker
+        return state

@@ -1,0 +1,365 @@
+"""Decoding recordings into fixed-length clips, streamed (PyAV).
+
+`ClipReader` demuxes a file packet by packet and yields batches of clips: mono audio
+resampled to `features.sample_rate` and RGB frames sampled at `features.fps` and resized
+to `features.height × features.width`. Memory is bounded by one batch whatever the
+recording's length. Anything wrong with a file is a `MediaError` whose message says what
+is wrong and how to fix it; a file that breaks mid-way keeps its decodable prefix and
+says so in `ClipReader.problems`.
+
+Timeline: clip k covers [origin + k·hop, origin + k·hop + clip) in the recording's own
+time, where origin is where both streams have started (0 for almost every file).
+Audio encoder priming (AAC) is removed by FFmpeg's edit-list handling, so sample 0 of
+the decoded audio is at the audio stream's start time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import av
+import av.error
+import numpy as np
+
+from sempair.config import FeatureConfig
+
+MAX_BAD_PACKETS = 50  # consecutive undecodable packets before the rest is given up
+FRAME_EPS = 1e-6      # seconds; a frame due at t is shown if its pts <= t + FRAME_EPS
+
+
+class MediaError(Exception):
+    """A file that cannot be ingested; str(error) is the reason shown to the user."""
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    container: str
+    duration: float | None       # declared by the container, seconds
+    video_codec: str
+    width: int
+    height: int
+    fps: float | None            # average frame rate
+    audio_codec: str
+    sample_rate: int
+    channels: int
+
+
+@dataclass
+class ClipBatch:
+    starts: np.ndarray           # [B] float64, seconds in the recording
+    audio: np.ndarray            # [B, samples] float32 mono
+    frames: np.ndarray           # [B, T, 3, H, W] uint8 RGB
+
+
+def open_media(file: str | BinaryIO) -> av.container.InputContainer:
+    try:
+        return av.open(file, mode="r", metadata_errors="ignore")
+    except av.error.FFmpegError as error:
+        raise MediaError(_unreadable_reason(file, error)) from None
+
+
+def _unreadable_reason(file: str | BinaryIO, error: Exception) -> str:
+    head = _read_head(file)
+    if head[4:8] == b"ftyp" and not _has_mp4_box(file, b"moov"):
+        return ("truncated or unfinished MP4: its index ('moov' atom) is missing, so nothing "
+                "in it can be decoded; re-encode with `-movflags +faststart` (or fragmented "
+                "MP4) so that a cut file keeps a decodable prefix, or copy the file again")
+    kind = "a text file" if head and _looks_like_text(head) else "not a media file"
+    return (f"{kind} FFmpeg can read ({error.__class__.__name__}: "
+            f"{getattr(error, 'strerror', None) or error}); expected a video with audio "
+            "in a container such as mp4, mkv, mov, avi or webm")
+
+
+def _read_head(file: str | BinaryIO, n: int = 64) -> bytes:
+    if isinstance(file, str):
+        with open(file, "rb") as handle:
+            return handle.read(n)
+    file.seek(0)
+    return file.read(n)
+
+
+def _looks_like_text(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return all(b >= 32 or b in b"\n\r\t" for b in data)
+
+
+def _has_mp4_box(file: str | BinaryIO, box: bytes) -> bool:
+    """Walk the top-level MP4 boxes (size, type) looking for `box`."""
+    handle = open(file, "rb") if isinstance(file, str) else file
+    try:
+        handle.seek(0, 2)
+        end, offset = handle.tell(), 0
+        while offset + 8 <= end:
+            handle.seek(offset)
+            header = handle.read(16)
+            size, kind = int.from_bytes(header[:4], "big"), header[4:8]
+            if kind == box:
+                return offset + max(size, 8) <= end
+            if size == 1:
+                size = int.from_bytes(header[8:16], "big")
+            if size < 8:
+                return False
+            offset += size
+        return False
+    finally:
+        if isinstance(file, str):
+            handle.close()
+
+
+def _streams(container: av.container.InputContainer):
+    video = [s for s in container.streams.video
+             if not (s.disposition & av.stream.Disposition.attached_pic)]
+    audio = list(container.streams.audio)
+    if not video and not audio:
+        raise MediaError("no video and no audio stream: not a recording")
+    if not video:
+        raise MediaError("no video stream (audio only): ingest needs both; pair it with "
+                         "its camera's video or leave it out of the source")
+    if not audio:
+        raise MediaError("no audio stream (video only): ingest needs both; use a camera "
+                         "with a microphone, or mux its audio track into the file")
+    return video[0], audio[0]
+
+
+def _seconds(value, time_base) -> float | None:
+    return None if value is None or time_base is None else float(value * time_base)
+
+
+class ClipReader:
+    """Iterate over a recording's clips in batches; see the module docstring."""
+
+    def __init__(self, file: str | BinaryIO, features: FeatureConfig, clip_seconds: float,
+                 hop_seconds: float, batch_clips: int = 64, threads: int = 0):
+        self.features, self.batch_clips = features, batch_clips
+        self.container = open_media(file)
+        try:
+            self.video, self.audio = _streams(self.container)
+        except MediaError:
+            self.container.close()
+            raise
+        for stream in (self.video, self.audio):
+            if stream.codec_context is None or stream.codec_context.name is None:
+                self.container.close()
+                raise MediaError(f"{stream.type} stream has a codec this FFmpeg build cannot "
+                                 "decode; re-encode it (e.g. H.264 + AAC)")
+        self.video.thread_type = "AUTO"
+        self.video.codec_context.thread_count = threads
+        self.info = self._info()
+        self.clip_samples = round(clip_seconds * features.sample_rate)
+        self.hop_samples = round(hop_seconds * features.sample_rate)
+        self.clip_frames = round(clip_seconds * features.fps)
+        self.hop_frames = round(hop_seconds * features.fps)
+        self.hop_seconds = hop_seconds
+        self.problems: list[str] = []   # why a file was only partly read
+        self.decoded_seconds = 0.0      # how much of the timeline both streams covered
+
+    def _info(self) -> MediaInfo:
+        v, a, c = self.video, self.audio, self.container
+        duration = c.duration / av.time_base if c.duration else None
+        if duration is None:
+            durations = [_seconds(s.duration, s.time_base) for s in (v, a)]
+            duration = max((d for d in durations if d), default=None)
+        rate = v.average_rate or v.guessed_rate
+        return MediaInfo(
+            container=c.format.name, duration=duration,
+            video_codec=v.codec_context.name, width=v.codec_context.width,
+            height=v.codec_context.height, fps=float(rate) if rate else None,
+            audio_codec=a.codec_context.name, sample_rate=a.codec_context.sample_rate,
+            channels=a.codec_context.channels)
+
+    def close(self) -> None:
+        self.container.close()
+
+    def __enter__(self) -> ClipReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- decoding ---------------------------------------------------------------------
+
+    def _decoded(self) -> Iterator[av.AudioFrame | av.VideoFrame]:
+        """Frames of both streams in demux order; stops at the first unreadable stretch."""
+        bad_in_a_row = 0
+        packets = self.container.demux(self.video, self.audio)
+        while True:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                break
+            except av.error.FFmpegError as error:
+                self.problems.append(f"demuxing stopped: {error}")
+                break
+            try:
+                frames = packet.decode()
+            except av.error.FFmpegError as error:
+                bad_in_a_row += 1
+                if bad_in_a_row == 1:
+                    self.problems.append(f"undecodable {packet.stream.type} packet at "
+                                         f"{_seconds(packet.pts, packet.time_base)} s: {error}")
+                if bad_in_a_row >= MAX_BAD_PACKETS:
+                    self.problems.append(f"{MAX_BAD_PACKETS} bad packets in a row: "
+                                         "gave up on the rest")
+                    break
+                continue
+            bad_in_a_row = 0
+            yield from frames
+
+    def __iter__(self) -> Iterator[ClipBatch]:
+        f = self.features
+        origin = max(0.0, *(_seconds(s.start_time, s.time_base) or 0.0
+                            for s in (self.video, self.audio)))
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=f.sample_rate)
+        audio = _SampleBuffer()
+        frames = _FrameSampler(origin, f)
+        next_clip = 0
+        pending: list[tuple[float, np.ndarray, np.ndarray]] = []
+
+        def ready_clips() -> Iterator[tuple[float, np.ndarray, np.ndarray]]:
+            nonlocal next_clip
+            while True:
+                a0 = next_clip * self.hop_samples
+                v0 = next_clip * self.hop_frames
+                if audio.end < a0 + self.clip_samples or frames.end < v0 + self.clip_frames:
+                    return
+                yield (origin + next_clip * self.hop_seconds,
+                       audio.take(a0, a0 + self.clip_samples),
+                       frames.take(v0, v0 + self.clip_frames))
+                next_clip += 1
+                audio.drop_before(next_clip * self.hop_samples)
+                frames.drop_before(next_clip * self.hop_frames)
+
+        for frame in self._decoded():
+            if isinstance(frame, av.AudioFrame):
+                if audio.start_time is None:
+                    audio.start_time = frame.time if frame.time is not None else origin
+                    audio.skip = round((origin - audio.start_time) * f.sample_rate)
+                for out in resampler.resample(frame):
+                    audio.append(out.to_ndarray()[0])
+            else:
+                frames.add(frame)
+            pending.extend(ready_clips())
+            if len(pending) >= self.batch_clips:
+                yield _batch(pending)
+                pending = []
+        for out in resampler.resample(None):
+            audio.append(out.to_ndarray()[0])
+        frames.flush()
+        pending.extend(ready_clips())
+        if pending:
+            yield _batch(pending)
+        clip_seconds = self.clip_samples / f.sample_rate
+        self.decoded_seconds = (next_clip - 1) * self.hop_seconds + clip_seconds if next_clip \
+            else 0.0
+        self._check_coverage(audio, frames, origin)
+
+    def _check_coverage(self, audio: _SampleBuffer, frames: _FrameSampler,
+                        origin: float) -> None:
+        declared = self.info.duration
+        audio_end = origin + audio.end / self.features.sample_rate
+        video_end = origin + frames.end / self.features.fps
+        if declared and min(audio_end, video_end) < declared - self.hop_seconds - 0.5:
+            short = "audio" if audio_end < video_end else "video"
+            self.problems.append(f"truncated: {short} ends at {min(audio_end, video_end):.1f} s "
+                                 f"of the {declared:.1f} s declared, so the rest has no clips "
+                                 f"(a cut file, or a shorter {short} track)")
+
+
+def _batch(items: list[tuple[float, np.ndarray, np.ndarray]]) -> ClipBatch:
+    starts, audio, frames = zip(*items, strict=True)
+    return ClipBatch(np.array(starts, dtype=np.float64), np.stack(audio), np.stack(frames))
+
+
+class _SampleBuffer:
+    """Mono samples on the clip timeline: index 0 is the origin. Keeps only what's pending."""
+
+    def __init__(self):
+        self.start_time: float | None = None
+        self.skip = 0                 # samples to drop (>0) or pad with silence (<0) at start
+        self.base = 0                 # timeline index of chunks[0][0]
+        self.end = 0                  # timeline index one past the last sample
+        self.chunks: list[np.ndarray] = []
+
+    def append(self, samples: np.ndarray) -> None:
+        if self.skip > 0:
+            dropped = min(self.skip, len(samples))
+            samples, self.skip = samples[dropped:], self.skip - dropped
+        elif self.skip < 0:
+            samples, self.skip = np.concatenate([np.zeros(-self.skip, np.float32), samples]), 0
+        if len(samples):
+            self.chunks.append(samples)
+            self.end += len(samples)
+
+    def take(self, start: int, stop: int) -> np.ndarray:
+        joined = np.concatenate(self.chunks) if len(self.chunks) > 1 else self.chunks[0]
+        self.chunks = [joined]
+        return joined[start - self.base: stop - self.base].copy()
+
+    def drop_before(self, index: int) -> None:
+        if self.chunks and index > self.base:
+            joined = np.concatenate(self.chunks) if len(self.chunks) > 1 else self.chunks[0]
+            self.chunks = [joined[index - self.base:]]
+            self.base = index
+
+
+class _FrameSampler:
+    """Resample video to a fixed fps: target frame j (at origin + j/fps) is the last source
+    frame whose time is <= that. Only frames that are used get converted and resized."""
+
+    def __init__(self, origin: float, features: FeatureConfig):
+        self.origin, self.fps = origin, features.fps
+        self.size = (features.width, features.height)
+        self.base = 0                 # target index of frames[0]
+        self.frames: list[np.ndarray] = []
+        self.prev: av.VideoFrame | None = None
+        self.prev_rgb: np.ndarray | None = None
+        self.prev_time = -math.inf
+        self.step = 1.0 / features.fps  # fallback spacing when a frame has no pts
+
+    @property
+    def end(self) -> int:
+        return self.base + len(self.frames)
+
+    def _due(self, j: int) -> float:
+        return self.origin + j / self.fps
+
+    def add(self, frame: av.VideoFrame) -> None:
+        time = frame.time if frame.time is not None else self.prev_time + self.step
+        if self.prev is None:
+            self.prev, self.prev_time = frame, time
+            while self._due(self.end) + FRAME_EPS < time:   # video starts late: hold first
+                self._emit()
+            return
+        while self._due(self.end) + FRAME_EPS < time:
+            self._emit()
+        if time > self.prev_time:
+            self.step = time - self.prev_time
+        self.prev, self.prev_rgb, self.prev_time = frame, None, time
+
+    def flush(self) -> None:
+        """After the last frame: it stays on screen for one source frame interval."""
+        if self.prev is not None:
+            while self._due(self.end) + FRAME_EPS < self.prev_time + self.step:
+                self._emit()
+
+    def _emit(self) -> None:
+        if self.prev_rgb is None:
+            width, height = self.size
+            self.prev_rgb = self.prev.reformat(
+                width=width, height=height, format="rgb24",
+                interpolation="AREA").to_ndarray().transpose(2, 0, 1)  # [3, H, W]
+        self.frames.append(self.prev_rgb)
+
+    def take(self, start: int, stop: int) -> np.ndarray:
+        return np.stack(self.frames[start - self.base: stop - self.base])   # [T, 3, H, W]
+
+    def drop_before(self, index: int) -> None:
+        drop = max(0, index - self.base)
+        del self.frames[:drop]
+        self.base += drop
