@@ -11,6 +11,7 @@ the kfp workspace and TMPDIR all live under --workdir, so nothing leaks into /tm
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import tempfile
 import time
@@ -20,24 +21,36 @@ from pathlib import Path
 
 def run_local(source: str | Path, workdir: Path, overrides: list[str] | None = None) -> dict:
     """Execute the DAG on `source`; returns the pipeline's outputs."""
-    workdir = workdir.absolute()
-    tmp = workdir / "tmp"
-    tmp.mkdir(parents=True, exist_ok=True)
-    os.environ["TMPDIR"] = tempfile.tempdir = str(tmp)   # kfp leaks temp dirs otherwise
-
     from kfp import local
 
     from pipelines.training import training_pipeline
 
-    local.init(runner=local.SubprocessRunner(use_venv=False),
-               pipeline_root=str(workdir / "kfp"),
-               workspace_root=str(workdir / "workspace"), raise_on_error=True)
-    with warnings.catch_warnings():
+    workdir = workdir.absolute()
+    with _tmpdir(workdir / "tmp"), warnings.catch_warnings():
         # kfp warns that our image name has no "python" in it: the runner uses this env
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+        local.init(runner=local.SubprocessRunner(use_venv=False),
+                   pipeline_root=str(workdir / "kfp"),
+                   workspace_root=str(workdir / "workspace"), raise_on_error=True)
         run = training_pipeline(source=str(Path(source).absolute()),
                                 overrides=list(overrides or []))
     return dict(run.outputs)
+
+
+@contextlib.contextmanager
+def _tmpdir(path: Path):
+    """TMPDIR (for us and the task subprocesses) inside the workdir: kfp leaks temp dirs."""
+    path.mkdir(parents=True, exist_ok=True)
+    saved = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"] = tempfile.tempdir = str(path)
+    try:
+        yield
+    finally:
+        if saved[0] is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved[0]
+        tempfile.tempdir = saved[1]
 
 
 def main() -> None:
@@ -74,15 +87,27 @@ def main() -> None:
         write_bad_files(source / "bad", seed=cfg.seed)
 
     outputs = run_local(source, args.workdir, args.set)
-    dataset = outputs["dataset"]
+    print_summary(source, args.workdir, outputs, time.perf_counter() - started)
+
+
+def print_summary(source: Path, workdir: Path, outputs: dict, elapsed: float) -> None:
+    import pandas as pd
+
+    from sempair.dataset import read_meta
+
+    dataset = Path(outputs["dataset"].path)
+    meta, counts = read_meta(dataset), read_meta(dataset)["counts"]
+    recordings = pd.read_parquet(dataset / "recordings.parquet")
     print("\n== sempair pipeline (local) ==")
-    print(f"recordings   {dataset.metadata['recordings']} in {source}")
-    print(f"clips        {outputs['clips']}  splits {dataset.metadata['splits']}")
-    print(f"quarantined  {outputs['quarantined']} (reasons: recordings.parquet, the "
-          "ingest log above)")
-    print(f"dataset      {dataset.path}  (id {dataset.metadata['dataset_id']})")
-    print(f"outputs      {args.workdir.absolute() / 'kfp'}")
-    print(f"elapsed      {time.perf_counter() - started:.1f} s")
+    print(f"recordings   {counts['recordings']} in {source} ({counts['ok']} whole, "
+          f"{counts['partial']} partial, {counts['quarantined']} quarantined)")
+    for row in recordings[recordings["status"] != "ok"].itertuples():
+        print(f"  {row.status:<11} {row.recording}: {row.error[:110]}")
+    splits = ", ".join(f"{k} {v}" for k, v in counts["splits"].items())
+    print(f"clips        {counts['clips']} ({splits})")
+    print(f"dataset      {dataset} (id {meta['dataset_id']})")
+    print(f"outputs      {workdir.absolute() / 'kfp'}")
+    print(f"elapsed      {elapsed:.1f} s")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ class NpyAppender:
     def __init__(self, path: Path, item_shape: tuple[int, ...], dtype: np.dtype):
         self.path, self.item_shape, self.dtype = path, tuple(item_shape), np.dtype(dtype)
         self.rows = 0
-        self.handle = open(path, "wb")
+        self.handle = open(path, "wb")  # noqa: SIM115 - open across appends, closed by close()
         self._write_header()
 
     def _write_header(self) -> None:

@@ -78,8 +78,7 @@ def clip_stats(waveform: np.ndarray, logmel: np.ndarray, frames: np.ndarray) -> 
     waveform [B, samples] float, logmel [B, n_mels, T_a], frames [B, T, 3, H, W] uint8.
     """
     rms = np.sqrt(np.mean(np.square(waveform, dtype=np.float64), axis=1))
-    pixels = frames.astype(np.float32) / 255.0                      # [B, T, 3, H, W]
-    luma = pixels.mean(axis=2)                                      # [B, T, H, W]
+    luma = frames.mean(axis=2, dtype=np.float32) / 255.0            # [B, T, H, W]
     motion = np.abs(np.diff(luma, axis=1)).mean(axis=(1, 2, 3)) if luma.shape[1] > 1 \
         else np.zeros(len(luma))
     return {

@@ -312,7 +312,7 @@ def _tables(results: list[_Result], cfg: IngestConfig,
     clips = [dict(c, recording=r.recording["recording"]) for r in results for c in r.clips]
     manifest = pd.DataFrame(clips)
     split = assign_splits([r.recording["recording"] for r in results if r.clips], cfg)
-    recordings["split"] = recordings["recording"].map(split).fillna("")
+    recordings["split"] = [split.get(r, "") for r in recordings["recording"]]
     if manifest.empty:
         return recordings, manifest
     manifest.insert(0, "index", np.arange(len(manifest), dtype=np.int64))

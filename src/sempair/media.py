@@ -62,23 +62,20 @@ def open_media(file: str | BinaryIO) -> av.container.InputContainer:
 
 
 def _unreadable_reason(file: str | BinaryIO, error: Exception) -> str:
-    head = _read_head(file)
-    if head[4:8] == b"ftyp" and not _has_mp4_box(file, b"moov"):
-        return ("truncated or unfinished MP4: its index ('moov' atom) is missing, so nothing "
-                "in it can be decoded; re-encode with `-movflags +faststart` (or fragmented "
-                "MP4) so that a cut file keeps a decodable prefix, or copy the file again")
-    kind = "a text file" if head and _looks_like_text(head) else "not a media file"
+    head = b""
+    if isinstance(file, str):
+        with open(file, "rb") as handle:
+            head = handle.read(64)
+            if head[4:8] == b"ftyp" and not _has_mp4_box(handle, b"moov"):
+                return ("truncated or unfinished MP4: its index ('moov' atom) is missing, so "
+                        "nothing in it can be decoded; re-encode with `-movflags +faststart` "
+                        "(or fragmented MP4) so that a cut file keeps a decodable prefix, or "
+                        "copy the file again")
+    kind = "a text file, not a media file" if head and _looks_like_text(head) else \
+        "not a media file"
     return (f"{kind} FFmpeg can read ({error.__class__.__name__}: "
             f"{getattr(error, 'strerror', None) or error}); expected a video with audio "
             "in a container such as mp4, mkv, mov, avi or webm")
-
-
-def _read_head(file: str | BinaryIO, n: int = 64) -> bytes:
-    if isinstance(file, str):
-        with open(file, "rb") as handle:
-            return handle.read(n)
-    file.seek(0)
-    return file.read(n)
 
 
 def _looks_like_text(data: bytes) -> bool:
@@ -89,27 +86,23 @@ def _looks_like_text(data: bytes) -> bool:
     return all(b >= 32 or b in b"\n\r\t" for b in data)
 
 
-def _has_mp4_box(file: str | BinaryIO, box: bytes) -> bool:
-    """Walk the top-level MP4 boxes (size, type) looking for `box`."""
-    handle = open(file, "rb") if isinstance(file, str) else file
-    try:
-        handle.seek(0, 2)
-        end, offset = handle.tell(), 0
-        while offset + 8 <= end:
-            handle.seek(offset)
-            header = handle.read(16)
-            size, kind = int.from_bytes(header[:4], "big"), header[4:8]
-            if kind == box:
-                return offset + max(size, 8) <= end
-            if size == 1:
-                size = int.from_bytes(header[8:16], "big")
-            if size < 8:
-                return False
-            offset += size
-        return False
-    finally:
-        if isinstance(file, str):
-            handle.close()
+def _has_mp4_box(handle: BinaryIO, box: bytes) -> bool:
+    """Walk the top-level MP4 boxes (size, type) looking for a complete `box`."""
+    end, offset = handle.seek(0, 2), 0
+    while offset + 8 <= end:
+        handle.seek(offset)
+        header = handle.read(16)
+        size, kind = int.from_bytes(header[:4], "big"), header[4:8]
+        if size == 1:
+            size = int.from_bytes(header[8:16], "big")
+        elif size == 0:                 # box runs to the end of the file
+            size = end - offset
+        if kind == box:
+            return offset + size <= end
+        if size < 8:
+            return False
+        offset += size
+    return False
 
 
 def _streams(container: av.container.InputContainer):
@@ -135,7 +128,7 @@ class ClipReader:
     """Iterate over a recording's clips in batches; see the module docstring."""
 
     def __init__(self, file: str | BinaryIO, features: FeatureConfig, clip_seconds: float,
-                 hop_seconds: float, batch_clips: int = 64, threads: int = 0):
+                 hop_seconds: float, batch_clips: int = 16, threads: int = 0):
         self.features, self.batch_clips = features, batch_clips
         self.container = open_media(file)
         try:

@@ -1,0 +1,42 @@
+"""Shared fixtures: small synthetic recordings and their ingested dataset, made once."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from sempair.config import Config, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def cfg() -> Config:
+    return load_config()
+
+
+@pytest.fixture(scope="session")
+def small_synth(cfg: Config):
+    """3 short, low-resolution recordings: fast to make, still every kind of content."""
+    return dataclasses.replace(cfg.synth, recordings=3, seconds=16.0, width=96, height=72,
+                               fps=10, sample_rate=16000, seed=7)
+
+
+@pytest.fixture(scope="session")
+def synth_source(tmp_path_factory, small_synth) -> Path:
+    from sempair.synth import generate
+
+    out = tmp_path_factory.mktemp("synth")
+    generate(out, small_synth)
+    return out
+
+
+@pytest.fixture(scope="session")
+def synth_dataset(tmp_path_factory, synth_source: Path, cfg: Config) -> Path:
+    from sempair.ingest import ingest
+
+    out = tmp_path_factory.mktemp("datasets") / "synth"
+    ingest(synth_source, out, cfg, workers=1)
+    return out

@@ -1,0 +1,80 @@
+"""Decoding: every container and rate lands on the same clip timeline, in sync."""
+
+import numpy as np
+import pytest
+
+from sempair.media import ClipReader, MediaError
+from tests.media_helpers import flash_and_click
+
+FORMATS = [  # (file, video codec, audio codec, fps, sample rate, channels, size)
+    ("cam.mp4", "libx264", "aac", 15, 32000, 1, (160, 120)),
+    ("cam.mkv", "libx264", "aac", 30, 48000, 2, (320, 180)),
+    ("cam.webm", "libvpx-vp9", "libopus", 25, 48000, 2, (128, 96)),
+    ("cam.avi", "mpeg4", "pcm_s16le", 10, 44100, 2, (176, 144)),
+    ("cam.mov", "libx264", "aac", 12, 22050, 1, (640, 360)),
+]
+EVENTS = (1.5, 2.75)
+
+
+def read_all(path, cfg):
+    with ClipReader(str(path), cfg.features, cfg.ingest.clip_seconds,
+                    cfg.ingest.hop_seconds) as reader:
+        batches = list(reader)
+        info, problems = reader.info, reader.problems
+    starts = np.concatenate([b.starts for b in batches])
+    audio = np.concatenate([b.audio for b in batches])
+    frames = np.concatenate([b.frames for b in batches])
+    return info, problems, starts, audio, frames
+
+
+@pytest.mark.parametrize("name, vcodec, acodec, fps, rate, channels, size", FORMATS)
+def test_any_container_rate_and_size_gives_synced_clips(tmp_path, cfg, name, vcodec, acodec,
+                                                        fps, rate, channels, size):
+    f = cfg.features
+    path = flash_and_click(tmp_path / name, seconds=4.0, fps=fps, sample_rate=rate,
+                           channels=channels, size=size, events=EVENTS,
+                           video_codec=vcodec, audio_codec=acodec)
+    info, problems, starts, audio, frames = read_all(path, cfg)
+    assert problems == []
+    assert (info.width, info.height, info.sample_rate, info.channels) == (*size, rate, channels)
+    np.testing.assert_array_equal(starts, [0.0, 1.0, 2.0, 3.0])
+    assert audio.shape == (4, f.sample_rate) and audio.dtype == np.float32
+    assert frames.shape == (4, f.fps, 3, f.height, f.width) and frames.dtype == np.uint8
+
+    # the clicks and the flashes sit where they were written, in both modalities
+    wave = np.abs(audio.reshape(-1))
+    brightness = frames.reshape(-1, 3 * f.height * f.width).mean(axis=1)   # per 1/fps
+    for t in EVENTS:
+        window = wave[round((t - 0.2) * f.sample_rate): round((t + 0.2) * f.sample_rate)]
+        onset = (t - 0.2) + np.argmax(window > 0.3) / f.sample_rate
+        assert abs(onset - t) < 0.010, f"audio click at {onset:.4f} s, written at {t}"
+        assert brightness[int(t * f.fps)] > 200, f"flash at {t} s missing"
+    assert (brightness > 200).sum() == len(EVENTS)
+
+
+def test_recording_shorter_than_a_clip_yields_nothing(tmp_path, cfg):
+    path = flash_and_click(tmp_path / "short.mp4", seconds=0.6, fps=15, sample_rate=16000,
+                           channels=1, events=())
+    with ClipReader(str(path), cfg.features, 1.0, 1.0) as reader:
+        assert list(reader) == []
+        assert reader.info.duration == pytest.approx(0.6, abs=0.1)
+
+
+@pytest.mark.parametrize("with_audio, with_video, message", [
+    (False, True, "no audio stream"),
+    (True, False, "no video stream"),
+])
+def test_missing_stream_is_a_clear_error(tmp_path, cfg, with_audio, with_video, message):
+    name = "one.mp4" if with_video else "one.m4a"
+    path = flash_and_click(tmp_path / name, seconds=2.0, fps=10, sample_rate=16000,
+                           channels=1, with_audio=with_audio, with_video=with_video)
+    with pytest.raises(MediaError, match=message):
+        ClipReader(str(path), cfg.features, 1.0, 1.0)
+
+
+def test_overlapping_clips_with_a_shorter_hop(tmp_path, cfg):
+    path = flash_and_click(tmp_path / "cam.mp4", seconds=4.0, fps=15, sample_rate=16000,
+                           channels=1)
+    with ClipReader(str(path), cfg.features, clip_seconds=1.0, hop_seconds=0.5) as reader:
+        starts = np.concatenate([b.starts for b in reader])
+    np.testing.assert_array_equal(starts, np.arange(7) * 0.5)
