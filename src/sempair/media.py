@@ -74,9 +74,13 @@ def _unreadable_reason(file: str | BinaryIO, error: Exception) -> str:
                         "copy the file again")
     kind = "a text file, not a media file" if head and _looks_like_text(head) else \
         "not a media file"
-    return (f"{kind} FFmpeg can read ({error.__class__.__name__}: "
-            f"{getattr(error, 'strerror', None) or error}); expected a video with audio "
+    return (f"{kind} FFmpeg can read ({_ffmpeg_message(error)}); expected a video with audio "
             "in a container such as mp4, mkv, mov, avi or webm")
+
+
+def _ffmpeg_message(error: Exception) -> str:
+    """FFmpeg's own words, without the errno number PyAV puts in front."""
+    return getattr(error, "strerror", None) or str(error)
 
 
 def _looks_like_text(data: bytes) -> bool:
@@ -188,15 +192,17 @@ class ClipReader:
             except StopIteration:
                 break
             except av.error.FFmpegError as error:
-                self.problems.append(f"demuxing stopped: {error}")
+                self.problems.append(f"reading stopped: {_ffmpeg_message(error)}")
                 break
             try:
                 frames = packet.decode()
             except av.error.FFmpegError as error:
                 bad_in_a_row += 1
                 if bad_in_a_row == 1:
-                    self.problems.append(f"undecodable {packet.stream.type} packet at "
-                                         f"{_seconds(packet.pts, packet.time_base)} s: {error}")
+                    at = _seconds(packet.pts, packet.time_base)
+                    where = f" at {at:.1f} s" if at is not None else ""
+                    self.problems.append(f"undecodable {packet.stream.type} data{where} "
+                                         f"({_ffmpeg_message(error)})")
                 if bad_in_a_row >= MAX_BAD_PACKETS:
                     self.problems.append(f"{MAX_BAD_PACKETS} bad packets in a row: "
                                          "gave up on the rest")
@@ -260,7 +266,7 @@ class ClipReader:
         video_end = origin + frames.end / self.features.fps
         if declared and min(audio_end, video_end) < declared - self.hop_seconds - 0.5:
             short = "audio" if audio_end < video_end else "video"
-            self.problems.append(f"truncated: {short} ends at {min(audio_end, video_end):.1f} s "
+            self.problems.insert(0, f"truncated: {short} ends at {min(audio_end, video_end):.1f} s "
                                  f"of the {declared:.1f} s declared, so the rest has no clips "
                                  f"(a cut file, or a shorter {short} track)")
 
