@@ -19,8 +19,8 @@ def cfg() -> Config:
 
 @pytest.fixture(scope="session")
 def small_synth(cfg: Config):
-    """3 short, low-resolution recordings: fast to make, still every kind of content."""
-    return dataclasses.replace(cfg.synth, recordings=3, seconds=16.0, width=96, height=72,
+    """5 short, low-resolution recordings (3 of them train): fast, every kind of content."""
+    return dataclasses.replace(cfg.synth, recordings=5, seconds=12.0, width=96, height=72,
                                fps=10, sample_rate=16000, seed=7)
 
 

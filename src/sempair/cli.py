@@ -43,6 +43,15 @@ def cmd_ingest(args: argparse.Namespace) -> None:
     print(summary)
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    from sempair.train import train
+
+    summary = train(args.dataset, args.out, _config(args), resume=args.resume,
+                    progress=not args.quiet)
+    if summary.out.exists():   # only the main process prints under torchrun
+        print(summary)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--params", type=Path, default=None,
@@ -93,6 +102,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "one per core)")
     ingest.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     ingest.set_defaults(func=cmd_ingest)
+
+    train = sub.add_parser(
+        "train", parents=[common], help="self-supervised training (temporal or EPG)",
+        description="Train the audio and video encoders on DATASET's train split with "
+        "audio-visual contrastive learning. train.pairing=temporal uses exact-time pairs "
+        "(± train.temporal_tolerance windows); train.pairing=epg adds embedding-based "
+        "positives after train.warmup_epochs, mined in the batch or over a dataset-wide "
+        "bank (train.candidates), by train.rule. Writes OUT/model.pt, config.json, "
+        "dataset.json (the data's id and checksum), log.jsonl and a checkpoint per epoch. "
+        "Runs on CUDA when available; for DDP start it with `torchrun --nproc_per_node N "
+        "-m sempair.cli train ...`. Labels, if any, are only used for log diagnostics.")
+    train.add_argument("dataset", help="clip dataset folder (from `sempair ingest`)")
+    train.add_argument("out", help="model folder to write")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in OUT from its last checkpoint")
+    train.set_defaults(func=cmd_train)
     return parser
 
 

@@ -10,6 +10,7 @@ only, so a value can never silently differ between the file and the code.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import types
 import typing
@@ -71,6 +72,40 @@ class IngestConfig:
 
 
 @dataclass(frozen=True)
+class ModelConfig:
+    dim: int
+    audio_widths: tuple[int, ...]
+    video_widths: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    lr_warmup_steps: int
+    grad_clip: float
+    temperature: float
+    loss: str
+    pairing: str
+    temporal_tolerance: int
+    rule: str
+    k: int
+    threshold: float
+    candidates: str
+    warmup_epochs: int
+    refresh_every: int
+    cross_recording_only: bool
+    partners_per_anchor: int
+    device: str
+    compile: bool
+    threads: int
+    log_every: int
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     name: str
     base_image: str
@@ -81,10 +116,13 @@ class Config:
     synth: SynthConfig
     features: FeatureConfig
     ingest: IngestConfig
+    model: ModelConfig
+    train: TrainConfig
     pipeline: PipelineConfig
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain JSON types (lists, not tuples), so it survives a round trip to disk."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
 
     def check(self) -> Config:
         """Fail early, with the fix, on values that cannot work together."""
@@ -109,6 +147,21 @@ class Config:
                             f"f_max={f.f_max}, sample_rate={f.sample_rate}")
         if not 0 <= i.val_fraction + i.test_fraction < 1:
             problems.append("ingest.val_fraction + ingest.test_fraction must be in [0, 1)")
+        t = self.train
+        for name, value, allowed in (
+                ("loss", t.loss, ("infonce", "multipos_mean", "multipos_logsum")),
+                ("pairing", t.pairing, ("temporal", "epg")),
+                ("rule", t.rule, ("topk", "threshold", "mutual_knn")),
+                ("candidates", t.candidates, ("batch", "dataset")),
+                ("device", t.device, ("auto", "cpu", "cuda"))):
+            if value not in allowed:
+                problems.append(f"train.{name}={value!r}: choose one of {', '.join(allowed)}")
+        if t.pairing == "epg" and t.loss == "infonce":
+            problems.append("train.loss=infonce uses one positive per anchor, so EPG's mined "
+                            "positives would be ignored; use multipos_mean or multipos_logsum")
+        if t.batch_size < 2 or t.temperature <= 0 or t.k < 1 or t.refresh_every < 1:
+            problems.append("need train.batch_size >= 2, temperature > 0, k >= 1, "
+                            "refresh_every >= 1")
         if problems:
             raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
         return self

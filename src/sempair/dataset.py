@@ -127,6 +127,22 @@ class ClipDataset(torch.utils.data.Dataset):
             "start": float(self._start[i]),
         }
 
+    def batch(self, items: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions in this dataset [B] -> (audio [B, n_mels, T_a] float32,
+        video [B, T, 3, H, W] uint8), read shard by shard (one fancy index per shard)."""
+        items = np.asarray(items)
+        shards, rows = self._shard[items], self._row[items]
+        first_audio, first_video = self._array(shards[0], "audio"), self._array(shards[0], "video")
+        audio = np.empty((len(items), *first_audio.shape[1:]), np.float32)
+        video = np.empty((len(items), *first_video.shape[1:]), np.uint8)
+        for shard in np.unique(shards):
+            where = np.flatnonzero(shards == shard)
+            order = np.argsort(rows[where])            # ascending rows read the memmap forward
+            picked, pick_rows = where[order], rows[where][order]
+            audio[picked] = self._array(shard, "audio")[pick_rows]
+            video[picked] = self._array(shard, "video")[pick_rows]
+        return torch.from_numpy(audio), torch.from_numpy(video)
+
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_arrays"] = {}   # memory maps are reopened in each DataLoader worker
