@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import tempfile
 import time
@@ -106,6 +107,14 @@ def print_summary(source: Path, workdir: Path, outputs: dict, elapsed: float) ->
     splits = ", ".join(f"{k} {v}" for k, v in counts["splits"].items())
     print(f"clips        {counts['clips']} ({splits})")
     print(f"dataset      {dataset} (id {meta['dataset_id']})")
+    model = Path(outputs["model"].path)
+    trained = json.loads((model / "summary.json").read_text())
+    config = json.loads((model / "config.json").read_text())["train"]
+    quality = "" if trained["mined_precision"] != trained["mined_precision"] else (
+        f"; mined pairs {trained['mined_precision']:.2f} precise vs "
+        f"{trained['base_rate']:.2f} for random pairs")
+    print(f"model        {model} ({config['pairing']}, {config['loss']}: "
+          f"{trained['epochs']} epochs, loss {trained['final_loss']:.3f}{quality})")
     print(f"outputs      {workdir.absolute() / 'kfp'}")
     print(f"elapsed      {elapsed:.1f} s")
 

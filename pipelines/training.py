@@ -1,4 +1,4 @@
-"""The training pipeline DAG: ingest -> (validate -> train -> evaluate -> deploy, next).
+"""The training pipeline DAG: ingest -> train -> (validate, evaluate, deploy: next).
 
 Compile with `python -m pipelines.compile`; run locally with `python -m pipelines.local`.
 """
@@ -6,10 +6,11 @@ Compile with `python -m pipelines.compile`; run locally with `python -m pipeline
 from typing import NamedTuple
 
 from kfp import dsl
-from kfp.dsl import Dataset
+from kfp.dsl import Dataset, Model
 
 from components import BASE_IMAGE
 from components.ingest import ingest
+from components.train import train
 from sempair.config import load_config
 
 PIPELINE = load_config().pipeline
@@ -17,6 +18,7 @@ PIPELINE = load_config().pipeline
 
 class PipelineOutputs(NamedTuple):
     dataset: Dataset
+    model: Model
     clips: int
     quarantined: int
 
@@ -33,6 +35,13 @@ def training_pipeline(
     ingested = ingest(source=source, overrides=overrides)
     ingested.set_display_name("ingest recordings")
     ingested.set_cpu_request("2").set_memory_request("4G").set_memory_limit("8G")
+
+    trained = train(dataset=ingested.outputs["dataset"], overrides=overrides)
+    trained.set_display_name("train encoders")
+    trained.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
+    trained.set_cpu_request("4").set_memory_request("16G").set_memory_limit("32G")
+
     return PipelineOutputs(dataset=ingested.outputs["dataset"],
+                           model=trained.outputs["model"],
                            clips=ingested.outputs["clips"],
                            quarantined=ingested.outputs["quarantined"])

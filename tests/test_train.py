@@ -14,10 +14,7 @@ from sempair.config import load_config
 from sempair.dataset import read_meta
 from sempair.train import TrainingError, train
 from tests.conftest import ROOT
-
-SMALL = ["model.audio_widths=[8, 16]", "model.video_widths=[8, 16]", "model.dim=32",
-         "train.batch_size=8", "train.epochs=3", "train.warmup_epochs=1", "train.k=3",
-         "train.lr_warmup_steps=2", "train.threads=1"]
+from tests.conftest import TRAIN_SMALL as SMALL
 
 
 def small(*extra):

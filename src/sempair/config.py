@@ -109,6 +109,7 @@ class TrainConfig:
 class PipelineConfig:
     name: str
     base_image: str
+    train_image: str
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,7 @@ class TrainingError(Exception):
 @dataclass(frozen=True)
 class TrainSummary:
     out: Path
+    dataset_id: str             # the clip dataset it trained on (lineage)
     epochs: int
     steps: int
     final_loss: float
@@ -340,7 +341,8 @@ def train(dataset: str | Path, out: str | Path, cfg: Config, *, resume: bool = F
             dist.barrier()
 
     seconds = time.perf_counter() - started
-    summary = TrainSummary(out=out, epochs=t.epochs, steps=step,
+    summary = TrainSummary(out=out, dataset_id=data.meta["dataset_id"], epochs=t.epochs,
+                           steps=step,
                            final_loss=float(np.mean(epoch_losses)) if step else math.nan,
                            mined_precision=last_quality.get("mined_precision", math.nan),
                            base_rate=last_quality.get("base_rate", math.nan),
