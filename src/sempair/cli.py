@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     summary = train(args.dataset, args.out, _config(args), resume=args.resume,
                     progress=not args.quiet)
-    if summary.out.exists():   # only the main process prints under torchrun
+    if int(os.environ.get("RANK", "0")) == 0:   # one summary under torchrun
         print(summary)
 
 

@@ -148,28 +148,26 @@ def batch_statistics_frozen(model: nn.Module):
 def embed_all(model: AVEncoders, data: ClipDataset, batch_size: int,
               rt: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
     """Every clip's (video [N, d], audio [N, d]) embeddings; ranks split the work."""
-    n = len(data)
+    n, per = len(data), math.ceil(len(data) / rt.world)
     mine = np.arange(rt.rank, n, rt.world)
+    # every rank runs the same number of equal batches (SyncBatchNorm is collective)
+    mine = np.concatenate([mine, np.repeat(mine[-1:], per - len(mine))])
     video, audio = [], []
     with batch_statistics_frozen(model):
-        for start in range(0, len(mine), batch_size):
+        for start in range(0, per, batch_size):
             a, v = data.batch(mine[start:start + batch_size])
             ea, ev = model(a.to(rt.device), v.to(rt.device))
             video.append(ev.float())
             audio.append(ea.float())
-    video, audio = torch.cat(video), torch.cat(audio)
-    if rt.world > 1:   # pad to equal length, gather, then undo the rank interleave
-        per = math.ceil(n / rt.world)
+    video, audio = torch.cat(video), torch.cat(audio)      # [per, d]
+    if rt.world > 1:   # gather every rank's share, then undo the rank interleave
         parts = []
         for x in (video, audio):
-            padded = torch.zeros(per, x.shape[1], device=x.device)
-            padded[:len(x)] = x
-            out = [torch.empty_like(padded) for _ in range(rt.world)]
-            dist.all_gather(out, padded)
+            shares = [torch.empty_like(x) for _ in range(rt.world)]
+            dist.all_gather(shares, x)
             full = torch.empty(n, x.shape[1], device=x.device)
             for r in range(rt.world):
-                count = len(range(r, n, rt.world))
-                full[r::rt.world] = out[r][:count]
+                full[r::rt.world] = shares[r][:len(range(r, n, rt.world))]
             parts.append(full)
         video, audio = parts
     return video.cpu(), audio.cpu()
@@ -234,7 +232,8 @@ def train(dataset: str | Path, out: str | Path, cfg: Config, *, resume: bool = F
     temporal = temporal_partners(recording.numpy(), clip.numpy(), t.temporal_tolerance)
 
     start_epoch, step, mined = 0, 0, None
-    if resume and (out / CHECKPOINT).exists():
+    resumed = resume and (out / CHECKPOINT).exists()
+    if resumed:
         start_epoch, step, mined = _load_checkpoint(out / CHECKPOINT, model, optimizer,
                                                     scheduler, cfg, data)
     elif (out / CHECKPOINT).exists():
@@ -242,8 +241,8 @@ def train(dataset: str | Path, out: str | Path, cfg: Config, *, resume: bool = F
                             "it, or choose another output folder")
     if rt.main:
         out.mkdir(parents=True, exist_ok=True)
-    log = JsonLog(out / LOG, start_epoch if resume else None, rt.main)
-    if rt.main and not resume:
+    log = JsonLog(out / LOG, start_epoch if resumed else None, rt.main)
+    if not resumed:
         log.write(epoch=-1, kind="config", config=cfg.to_dict(), world=rt.world,
                   device=str(rt.device), dataset=data.meta["dataset_id"], clips=len(data))
 
