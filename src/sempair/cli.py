@@ -65,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="sempair", description="Audio-visual representation learning for surveillance "
-        "recordings: synthetic data, ingestion, and (next) training, evaluation, serving.")
+        "recordings: synthetic data, ingestion, training (temporal or embedding-based pair "
+        "generation); evaluation and serving next. Every command reads params.yaml; see "
+        "`sempair COMMAND --help`.")
     parser.add_argument("--version", action="version", version=f"sempair {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -75,7 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
         "camera scene) with ground truth in events.csv: recurring audio-visual events, "
         "audio-only and visual-only distractors, audio that leads video, day/night and "
         "rain drift, rare anomalies. Deterministic from the seed. Sizes, rates and channels "
-        "come from the `synth` section of params.yaml (override with --set synth.KEY=VALUE).")
+        "come from the `synth` section of params.yaml (override with --set synth.KEY=VALUE).",
+        epilog="Example, a 320×240 camera with a 48 kHz stereo microphone: sempair synth "
+        "data/rec --recordings 12 --seconds 120 --set synth.width=320 --set synth.height=240 "
+        "--set synth.sample_rate=48000 --set synth.channels=2")
     synth.add_argument("out", help="output folder")
     synth.add_argument("--seed", type=int, help="random seed (default: synth.seed)")
     synth.add_argument("--recordings", type=int, help="number of recordings (synth.recordings)")
@@ -94,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
         "frame rate, sample rate and channel count. Broken files are quarantined with a "
         "reason (recordings.parquet and the printed summary), never dropped silently; a "
         "truncated file keeps its decodable prefix. An events.csv at the source root adds "
-        "per-clip labels for evaluation. The output appears only when complete.")
+        "per-clip labels for evaluation. The output appears only when complete.",
+        epilog="Example, 2 s clips every second at 4 fps: sempair ingest data/rec "
+        "data/clips --set ingest.clip_seconds=2.0 --set features.fps=4")
     ingest.add_argument("source", help="folder of recordings (a recording's id is its path "
                         "relative to this folder)")
     ingest.add_argument("out", help="dataset folder to create")
