@@ -97,6 +97,7 @@ class TrainConfig:
     candidates: str
     warmup_epochs: int
     refresh_every: int
+    bank: str
     cross_recording_only: bool
     partners_per_anchor: int
     device: str
@@ -154,6 +155,7 @@ class Config:
                 ("pairing", t.pairing, ("temporal", "epg")),
                 ("rule", t.rule, ("topk", "threshold", "mutual_knn")),
                 ("candidates", t.candidates, ("batch", "dataset")),
+                ("bank", t.bank, ("passes", "recompute")),
                 ("device", t.device, ("auto", "cpu", "cuda"))):
             if value not in allowed:
                 problems.append(f"train.{name}={value!r}: choose one of {', '.join(allowed)}")

@@ -151,7 +151,15 @@ class _Result:
 
 def ingest_recording(job: _Job) -> _Result:
     """Decode one file into shards. Never raises for bad media: the row says what failed."""
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # one core per recording; restored for an inline caller
+    try:
+        return _ingest_recording(job)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _ingest_recording(job: _Job) -> _Result:
     src = open_source(job.source)
     row = {"recording": job.recording, "status": QUARANTINED, "error": "", "size_bytes": 0,
            "sha256": "", "container": "", "duration": float("nan"), "ingested_seconds": 0.0,

@@ -3,11 +3,12 @@
     sempair train DATASET OUT                                  # one process
     torchrun --nproc_per_node 2 -m sempair.cli train DATASET OUT   # DDP (gloo on CPU)
 
-One epoch, read top to bottom in `train`: (EPG, after warm-up) refresh the dataset bank
-and mine partners -> sample batches that bring partners together -> per step: encode,
-gather embeddings across ranks, build the positive mask (temporal OR mined), symmetric
-contrastive loss, clip, step -> log -> atomic checkpoint. `--resume` continues from the
-last checkpoint with exactly the losses an uninterrupted run would have had.
+One epoch, read top to bottom in `train`: (EPG, after warm-up) mine partners over the
+dataset bank -> sample batches that bring partners together -> per step: encode, gather
+embeddings across ranks (and write them into the bank), build the positive mask
+(temporal OR mined), symmetric contrastive loss, clip, step -> log -> atomic checkpoint.
+`--resume` continues from the last checkpoint with exactly the losses an uninterrupted
+run would have had.
 
 Labels, when the dataset has them, only feed diagnostics in the log (precision of mined
 positives, false-negative rate); training never reads them.
@@ -231,11 +232,11 @@ def train(dataset: str | Path, out: str | Path, cfg: Config, *, resume: bool = F
         optimizer, lambda s: lr_factor(s, t.lr_warmup_steps, total_steps))
     temporal = temporal_partners(recording.numpy(), clip.numpy(), t.temporal_tolerance)
 
-    start_epoch, step, mined = 0, 0, None
+    start_epoch, step, mined, bank = 0, 0, None, None   # bank: (video, audio) [N, d] each
     resumed = resume and (out / CHECKPOINT).exists()
     if resumed:
-        start_epoch, step, mined = _load_checkpoint(out / CHECKPOINT, model, optimizer,
-                                                    scheduler, cfg, data)
+        start_epoch, step, mined, bank = _load_checkpoint(out / CHECKPOINT, model, optimizer,
+                                                          scheduler, cfg, data)
     elif (out / CHECKPOINT).exists():
         raise TrainingError(f"{out} already holds a training run; pass --resume to continue "
                             "it, or choose another output folder")
@@ -255,8 +256,9 @@ def train(dataset: str | Path, out: str | Path, cfg: Config, *, resume: bool = F
         if epg and t.candidates == "dataset" and (
                 mined is None or (epoch - t.warmup_epochs) % t.refresh_every == 0):
             began = time.perf_counter()
-            video_bank, audio_bank = embed_all(model, data, 2 * t.batch_size, rt)
-            mined = mine_dataset(video_bank, audio_bank, t.rule, t.k, t.threshold,
+            if bank is None or t.bank == "recompute":
+                bank = embed_all(model, data, 2 * t.batch_size, rt)
+            mined = mine_dataset(*bank, t.rule, t.k, t.threshold,
                                  recording.numpy() if t.cross_recording_only else None)
             mining_seconds = time.perf_counter() - began
             log.write(epoch=epoch, step=step, kind="mining", seconds=mining_seconds,
@@ -276,6 +278,9 @@ def train(dataset: str | Path, out: str | Path, cfg: Config, *, resume: bool = F
             with autocast:
                 audio_emb, video_emb = trained(audio, video)               # [b, d] each
             audio_all, video_all = _gather(audio_emb, rt), _gather(video_emb, rt)  # [B, d]
+            if bank is not None and t.bank == "passes":   # the bank follows training for free
+                bank[0][ids], bank[1][ids] = (x.detach().float().cpu()
+                                              for x in (video_all, audio_all))
             positives = temporal_positives(recording[ids], clip[ids], t.temporal_tolerance)
             temporal_mask = positives.clone()
             if epg and t.candidates == "dataset":
@@ -334,7 +339,8 @@ def train(dataset: str | Path, out: str | Path, cfg: Config, *, resume: bool = F
                           "scheduler": scheduler.state_dict(), "epoch": epoch + 1,
                           "step": step, "config": cfg.to_dict(),
                           "dataset_id": data.meta["dataset_id"],
-                          "mined": None if mined is None else (mined.indptr, mined.indices)},
+                          "mined": None if mined is None else (mined.indptr, mined.indices),
+                          "bank": bank},
                          out / CHECKPOINT)
         if rt.world > 1:
             dist.barrier()
@@ -373,7 +379,7 @@ def _load_checkpoint(path: Path, model, optimizer, scheduler, cfg: Config,
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     mined = Partners(*state["mined"]) if state["mined"] is not None else None
-    return state["epoch"], state["step"], mined
+    return state["epoch"], state["step"], mined, state["bank"]
 
 
 def _bank_quality(mined: Partners, labels: np.ndarray | None) -> dict[str, float]:
