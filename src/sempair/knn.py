@@ -114,28 +114,32 @@ def _topk_faiss(q, keys, k, block, qg, kg):
         scores[:, :kk], indices[:, :kk] = index.search(q, kk)
         return torch.from_numpy(scores), torch.from_numpy(indices)
     # Group exclusion: over-fetch, then drop same-group keys. A query can lose at most as many
-    # keys as its own group holds, so fetching k' = k + |own group among keys| is exact in a
-    # single pass. We use each row's own k' (not the largest group's), sort rows by k' and search
-    # in chunks of at most ~block² results, so memory stays bounded even when a recording has
-    # thousands of clips; iterative doubling would instead rescan all M keys per round.
+    # keys as its own group holds, so fetching k' = k + |own group among keys| is exact in one
+    # pass. But k' is a whole recording (thousands of clips), and faiss is slow for large k'.
+    # So pass 1 fetches only 4k per row; rows left with < k valid keys get their exact k' in
+    # pass 2 (at most two scans, unlike doubling k' until done). Rows are sorted by k' and
+    # searched in chunks of <= block rows and <= block² results, so memory stays bounded.
     qg, kg = qg.cpu().numpy(), kg.cpu().numpy()
     groups, counts = np.unique(kg, return_counts=True)
     at = np.clip(np.searchsorted(groups, qg), 0, len(groups) - 1)
     own = np.where(groups[at] == qg, counts[at], 0)                   # [N] same-group keys
-    need = np.minimum(k + own, M)                                      # [N] k' per row
-    order = np.argsort(need, kind="stable")
-    start = 0
-    while start < N:  # chunks of <= block rows and <= block² fetched results
-        kk = int(need[order[min(start + block, N) - 1]])              # largest k' if block rows
-        rows = order[start:start + max(1, min(block, block * block // kk))]
-        kk = int(need[rows[-1]])                                       # largest k' in chunk
-        s, idx = index.search(q[rows], kk)                             # [r, k'], sorted
-        drop = (idx < 0) | (kg[np.maximum(idx, 0)] == qg[rows, None])
-        s[drop] = -np.inf
-        pos = np.argsort(drop, axis=1, kind="stable")[:, :k]           # valid first, in order
-        n = pos.shape[1]
-        scores[rows, :n] = np.take_along_axis(s, pos, 1)
-        indices[rows, :n] = np.where(scores[rows, :n] == -np.inf, -1,
-                                     np.take_along_axis(idx, pos, 1))
-        start += len(rows)
+    need = np.minimum(k + own, M)                                      # [N] exact k' per row
+    left = np.arange(N)
+    for fetch in (np.minimum(need, 4 * k), need):
+        order, left, start = left[np.argsort(fetch[left], kind="stable")], [], 0
+        while start < len(order):
+            kk = int(fetch[order[min(start + block, len(order)) - 1]])  # largest k' of block rows
+            rows = order[start:start + max(1, min(block, block * block // kk))]
+            kk = int(fetch[rows[-1]])                                  # largest k' in chunk
+            s, idx = index.search(q[rows], kk)                         # [r, k'], sorted
+            drop = (idx < 0) | (kg[np.maximum(idx, 0)] == qg[rows, None])
+            s[drop] = -np.inf
+            pos = np.argsort(drop, axis=1, kind="stable")[:, :k]       # valid first, in order
+            n = pos.shape[1]
+            scores[rows, :n] = np.take_along_axis(s, pos, 1)
+            indices[rows, :n] = np.where(scores[rows, :n] == -np.inf, -1,
+                                         np.take_along_axis(idx, pos, 1))
+            left.append(rows[((~drop).sum(1) < k) & (kk < need[rows])])  # not yet exact
+            start += len(rows)
+        left = np.concatenate([order[:0], *left])                      # rows for pass 2
     return torch.from_numpy(scores), torch.from_numpy(indices)
