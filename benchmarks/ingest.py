@@ -19,8 +19,9 @@ import sys
 import time
 from pathlib import Path
 
+from report import write_section
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = Path(__file__).with_name("results.md")
 WORK = Path(__file__).with_name(".work")
 
 DECODE_ONLY = """
@@ -130,23 +131,12 @@ def main() -> None:
     ])
     print(report)
     if not args.quick:
-        _write_section(report)
+        write_section(report)
 
 
 def _cores() -> int:
     import os
     return len(os.sched_getaffinity(0))
-
-
-def _write_section(section: str) -> None:
-    """Replace this benchmark's section of results.md, keeping the others."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
-    start = text.find("## Ingest")
-    if start >= 0:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + text[end + 1:] if end >= 0 else text[:start]
-    RESULTS.write_text(text.rstrip() + "\n\n" + section)
-    print(f"wrote {RESULTS}")
 
 
 if __name__ == "__main__":

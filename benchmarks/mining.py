@@ -22,8 +22,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from report import write_section
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = Path(__file__).with_name("results.md")
 
 SEARCH = """
 import json, resource, sys, time
@@ -140,7 +141,7 @@ def main() -> None:
     ])
     print(report)
     if not args.quick:
-        _write_section(report)
+        write_section(report)
 
 
 def _duration(seconds: float) -> str:
@@ -158,17 +159,6 @@ def _version(module: str) -> str:
         return __import__(module).__version__
     except ImportError:
         return "not installed"
-
-
-def _write_section(section: str) -> None:
-    """Replace this benchmark's section of results.md, keeping the others."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
-    start = text.find("## Mining")
-    if start >= 0:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + text[end + 1:] if end >= 0 else text[:start]
-    RESULTS.write_text(text.rstrip() + "\n\n" + section)
-    print(f"wrote {RESULTS}")
 
 
 if __name__ == "__main__":

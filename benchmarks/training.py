@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from report import write_section
 
 from sempair.config import load_config
 from sempair.dataset import ClipDataset
 from sempair.models import AVEncoders
 
-RESULTS = Path(__file__).with_name("results.md")
 WORK = Path(__file__).with_name(".work") / "training"
 
 
@@ -143,13 +143,7 @@ def main() -> None:
     ])
     print(report)
     if not args.quick:
-        text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
-        start = text.find("## Training")
-        if start >= 0:
-            end = text.find("\n## ", start + 1)
-            text = text[:start] + (text[end + 1:] if end >= 0 else "")
-        RESULTS.write_text(text.rstrip() + "\n\n" + report)
-        print(f"wrote {RESULTS}")
+        write_section(report)
 
 
 if __name__ == "__main__":
