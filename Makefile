@@ -36,8 +36,10 @@ format: venv
 compile: venv  ## refresh pipelines/training_pipeline.yaml
 	$(PY) -m pipelines.compile
 
-bench: venv  ## benchmarks -> benchmarks/results.md
+bench: venv  ## benchmarks -> benchmarks/results.md (about 15 minutes on 2 cores)
 	$(PY) benchmarks/ingest.py
+	$(PY) benchmarks/mining.py
+	$(PY) benchmarks/training.py
 
 lock: venv  ## pin today's resolve into requirements/lock.txt
 	(head -2 requirements/lock.txt; $(PY) -m pip freeze --exclude-editable | grep -v '^torch==') \

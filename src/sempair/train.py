@@ -146,11 +146,13 @@ def batch_statistics_frozen(model: nn.Module):
 
 
 @torch.no_grad()
-def embed_all(model: AVEncoders, data: ClipDataset, batch_size: int,
-              rt: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every clip's (video [N, d], audio [N, d]) embeddings; ranks split the work."""
-    n, per = len(data), math.ceil(len(data) / rt.world)
-    mine = np.arange(rt.rank, n, rt.world)
+def embed_all(model: AVEncoders, data: ClipDataset, batch_size: int, rt: Runtime,
+              items: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(video [n, d], audio [n, d]) embeddings of `items` (default: every clip); ranks
+    split the work."""
+    items = np.arange(len(data)) if items is None else items
+    n, per = len(items), math.ceil(len(items) / rt.world)
+    mine = items[rt.rank::rt.world]
     # every rank runs the same number of equal batches (SyncBatchNorm is collective)
     mine = np.concatenate([mine, np.repeat(mine[-1:], per - len(mine))])
     video, audio = [], []
@@ -232,11 +234,12 @@ def train(dataset: str | Path, out: str | Path, cfg: Config, *, resume: bool = F
         optimizer, lambda s: lr_factor(s, t.lr_warmup_steps, total_steps))
     temporal = temporal_partners(recording.numpy(), clip.numpy(), t.temporal_tolerance)
 
-    start_epoch, step, mined, bank = 0, 0, None, None   # bank: (video, audio) [N, d] each
+    start_epoch, step, mined = 0, 0, None
+    bank, fresh = None, np.zeros(len(data), bool)   # (video, audio) [N, d]; written since refresh
     resumed = resume and (out / CHECKPOINT).exists()
     if resumed:
-        start_epoch, step, mined, bank = _load_checkpoint(out / CHECKPOINT, model, optimizer,
-                                                          scheduler, cfg, data)
+        start_epoch, step, mined, bank, fresh = _load_checkpoint(
+            out / CHECKPOINT, model, optimizer, scheduler, cfg, data)
     elif (out / CHECKPOINT).exists():
         raise TrainingError(f"{out} already holds a training run; pass --resume to continue "
                             "it, or choose another output folder")
@@ -258,6 +261,12 @@ def train(dataset: str | Path, out: str | Path, cfg: Config, *, resume: bool = F
             began = time.perf_counter()
             if bank is None or t.bank == "recompute":
                 bank = embed_all(model, data, 2 * t.batch_size, rt)
+            else:   # clips no batch has shown since the last refresh are embedded now
+                stale = np.flatnonzero(~fresh)
+                if len(stale):
+                    bank[0][stale], bank[1][stale] = embed_all(model, data, 2 * t.batch_size,
+                                                               rt, stale)
+            fresh = np.zeros(len(data), bool)
             mined = mine_dataset(*bank, t.rule, t.k, t.threshold,
                                  recording.numpy() if t.cross_recording_only else None)
             mining_seconds = time.perf_counter() - began
@@ -281,6 +290,7 @@ def train(dataset: str | Path, out: str | Path, cfg: Config, *, resume: bool = F
             if bank is not None and t.bank == "passes":   # the bank follows training for free
                 bank[0][ids], bank[1][ids] = (x.detach().float().cpu()
                                               for x in (video_all, audio_all))
+                fresh[ids] = True
             positives = temporal_positives(recording[ids], clip[ids], t.temporal_tolerance)
             temporal_mask = positives.clone()
             if epg and t.candidates == "dataset":
@@ -340,7 +350,7 @@ def train(dataset: str | Path, out: str | Path, cfg: Config, *, resume: bool = F
                           "step": step, "config": cfg.to_dict(),
                           "dataset_id": data.meta["dataset_id"],
                           "mined": None if mined is None else (mined.indptr, mined.indices),
-                          "bank": bank},
+                          "bank": bank, "fresh": fresh},
                          out / CHECKPOINT)
         if rt.world > 1:
             dist.barrier()
@@ -379,7 +389,7 @@ def _load_checkpoint(path: Path, model, optimizer, scheduler, cfg: Config,
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     mined = Partners(*state["mined"]) if state["mined"] is not None else None
-    return state["epoch"], state["step"], mined, state["bank"]
+    return state["epoch"], state["step"], mined, state["bank"], state["fresh"]
 
 
 def _bank_quality(mined: Partners, labels: np.ndarray | None) -> dict[str, float]:
