@@ -140,8 +140,9 @@ def main() -> None:
         f"default), {epg['epoch_s'] / temporal['epoch_s']:.2f}× with the bank kept current "
         "from the training passes (`train.bank=passes`; aim ≤ 1.15×). `passes` meets the "
         "aim but mined worse on synthetic data (docs/training.md), so the default pays for "
-        "quality; `train.refresh_every=4` brings recompute to about 1.14×. Medians leave "
-        "out the first refresh, which always embeds everything.",
+        "quality; `train.refresh_every=N` spreads the refresh cost over N epochs (not "
+        "measured here). Medians leave out the first refresh, which always embeds "
+        "everything.",
         "",
     ])
     print(report)
