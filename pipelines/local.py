@@ -110,7 +110,7 @@ def print_summary(source: Path, workdir: Path, outputs: dict, elapsed: float) ->
     model = Path(outputs["model"].path)
     trained = json.loads((model / "summary.json").read_text())
     config = json.loads((model / "config.json").read_text())["train"]
-    quality = "" if trained["mined_precision"] != trained["mined_precision"] else (
+    quality = "" if trained["mined_precision"] is None else (
         f"; mined pairs {trained['mined_precision']:.2f} precise vs "
         f"{trained['base_rate']:.2f} for random pairs")
     print(f"model        {model} ({config['pairing']}, {config['loss']}: "

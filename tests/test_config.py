@@ -42,3 +42,10 @@ def test_params_file_missing_a_key_is_rejected(tmp_path):
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError, match="missing \\['shard_clips'\\]"):
         load_config(path)
+
+
+def test_training_bounds_are_checked():
+    with pytest.raises(ConfigError, match="must be >= 0"):
+        load_config(None, ["train.partners_per_anchor=-1"])
+    with pytest.raises(ConfigError, match="choose one of passes, recompute"):
+        load_config(None, ["train.bank=fresh"])

@@ -207,3 +207,14 @@ def test_clip_statistics_are_finite(synth_dataset):
     stats = [c for c in manifest.columns if c.startswith(("audio_", "video_"))]
     assert len(stats) == 5
     assert np.isfinite(manifest[stats].to_numpy()).all()
+
+
+def test_identical_copies_share_a_split(tmp_path, synth_source, cfg):
+    src = tmp_path / "src"
+    shutil.copytree(synth_source, src)
+    for original in sorted(src.rglob("*.mp4")):
+        shutil.copy(original, src / f"backup-{original.name}")   # same bytes, other path
+    ingest(src, tmp_path / "out", cfg, workers=1)
+    recordings = pd.read_parquet(tmp_path / "out" / "recordings.parquet")
+    assert (recordings.groupby("sha256")["split"].nunique() == 1).all()
+    assert set(recordings["split"]) == {"train", "val", "test"}

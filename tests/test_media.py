@@ -78,3 +78,59 @@ def test_overlapping_clips_with_a_shorter_hop(tmp_path, cfg):
     with ClipReader(str(path), cfg.features, clip_seconds=1.0, hop_seconds=0.5) as reader:
         starts = np.concatenate([b.starts for b in reader])
     np.testing.assert_array_equal(starts, np.arange(7) * 0.5)
+
+
+def test_sparse_clips_with_hop_longer_than_clip_stay_in_sync(tmp_path, cfg):
+    events = tuple(0.5 + 2 * k for k in range(6))           # one in every sparse clip
+    path = flash_and_click(tmp_path / "cam.mp4", seconds=12.0, fps=15, sample_rate=16000,
+                           channels=1, events=events)
+    with ClipReader(str(path), cfg.features, clip_seconds=1.0, hop_seconds=2.0) as reader:
+        batches = list(reader)
+    starts = np.concatenate([b.starts for b in batches])
+    audio = np.concatenate([b.audio for b in batches])
+    frames = np.concatenate([b.frames for b in batches])
+    np.testing.assert_array_equal(starts, np.arange(6) * 2.0)
+    for clip in range(6):
+        click = np.argmax(np.abs(audio[clip]) > 0.3) / cfg.features.sample_rate
+        assert abs(click - 0.5) < 0.01, (clip, click)
+        assert frames[clip, 4].mean() > 200                  # frame at +0.5 s is the flash
+
+
+def test_a_gap_in_the_audio_track_becomes_reported_silence(tmp_path, cfg):
+    """Audio missing from 4 to 5 s must not pull the later audio early."""
+    import av
+
+    path, rate, fps = tmp_path / "gap.mkv", 16000, 10
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=fps)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        audio = out.add_stream("pcm_s16le", rate=rate)
+        audio.layout = "mono"
+        for i in range(10 * fps):
+            image = np.full((48, 64, 3), 250 if i == 75 else 30, np.uint8)   # flash at 7.5 s
+            for packet in video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                out.mux(packet)
+        for start in range(0, 10 * rate, rate // 10):
+            if 4 * rate <= start < 5 * rate:
+                continue                                    # the camera dropped this second
+            block = np.full((1, rate // 10), 0.001, np.float32)
+            if start == int(7.5 * rate):
+                block[:, :160] = 0.8                        # click at 7.5 s
+            frame = av.AudioFrame.from_ndarray(block, format="flt", layout="mono")
+            frame.sample_rate, frame.pts = rate, start
+            for packet in audio.encode(frame):
+                out.mux(packet)
+        for stream in (video, audio):
+            for packet in stream.encode(None):
+                out.mux(packet)
+    with ClipReader(str(path), cfg.features, 1.0, 1.0) as reader:
+        batches = list(reader)
+        problems = reader.problems
+    audio_clips = np.concatenate([b.audio for b in batches])
+    frames = np.concatenate([b.frames for b in batches])
+    assert len(audio_clips) == 10
+    assert np.abs(audio_clips[4]).max() < 1e-6                  # the gap is silence
+    click = np.argmax(np.abs(audio_clips.reshape(-1)) > 0.3) / cfg.features.sample_rate
+    assert abs(click - 7.5) < 0.01, click
+    assert frames[7, 4].mean() > 200                             # the flash, same clip
+    assert any("audio missing for 1.0 s at 4.0 s" in p for p in problems), problems

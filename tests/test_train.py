@@ -117,3 +117,29 @@ def test_two_process_ddp_with_gloo(tmp_path, synth_dataset):
     assert (out / "model.pt").exists()
     single = train(synth_dataset, tmp_path / "single", small("train.epochs=2"))
     assert len(step_lines) == single.steps          # same global batches
+
+
+def test_log_is_strict_json_with_the_rate_each_step_used(tmp_path, synth_dataset):
+    cfg = small("train.epochs=1")
+    train(synth_dataset, tmp_path / "m", cfg)
+
+    def no_nan(name):
+        raise AssertionError(f"{name} in log.jsonl is not strict JSON")
+
+    lines = (tmp_path / "m" / "log.jsonl").read_text().splitlines()
+    records = [json.loads(line, parse_constant=no_nan) for line in lines]
+    first = next(r for r in records if r["kind"] == "step")
+    assert first["lr"] == pytest.approx(cfg.train.lr / cfg.train.lr_warmup_steps)
+    json.loads((tmp_path / "m" / "summary.json").read_text(), parse_constant=no_nan)
+
+
+def test_resume_tolerates_a_cut_log_line_and_a_finished_run(tmp_path, synth_dataset):
+    cfg = small("train.epochs=2")
+    first = train(synth_dataset, tmp_path / "m", cfg)
+    summary_file = tmp_path / "m" / "summary.json"
+    before = summary_file.read_text()
+    with open(tmp_path / "m" / "log.jsonl", "a") as log:
+        log.write('{"epoch": 1, "step": 9, "kind": "st')          # killed mid-write
+    again = train(synth_dataset, tmp_path / "m", cfg, resume=True)
+    assert again.final_loss == pytest.approx(first.final_loss)
+    assert summary_file.read_text() == before                    # nothing re-run

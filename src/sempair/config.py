@@ -103,7 +103,6 @@ class TrainConfig:
     device: str
     compile: bool
     threads: int
-    log_every: int
 
 
 @dataclass(frozen=True)
@@ -165,6 +164,10 @@ class Config:
         if t.batch_size < 2 or t.temperature <= 0 or t.k < 1 or t.refresh_every < 1:
             problems.append("need train.batch_size >= 2, temperature > 0, k >= 1, "
                             "refresh_every >= 1")
+        if min(t.partners_per_anchor, t.temporal_tolerance, t.lr_warmup_steps,
+               t.warmup_epochs, t.threads) < 0 or t.epochs < 1:
+            problems.append("train.partners_per_anchor, temporal_tolerance, lr_warmup_steps, "
+                            "warmup_epochs and threads must be >= 0, and epochs >= 1")
         if problems:
             raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
         return self

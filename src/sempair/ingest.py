@@ -198,7 +198,7 @@ def _ingest_recording(job: _Job) -> _Result:
             row["status"], row["error"] = QUARANTINED, "; ".join(problems)
         elif problems:
             row["status"] = PARTIAL
-            row["error"] = "; ".join(problems) + (f"; kept the first {len(result.clips)} clips "
+            row["error"] = "; ".join(problems) + (f"; ingested {len(result.clips)} clips "
                                                   f"({reader.decoded_seconds:.1f} s)")
         else:
             row["status"] = OK
@@ -303,8 +303,8 @@ class _InlinePool:
 
 
 def assign_splits(recordings: list[str], cfg: IngestConfig) -> dict[str, str]:
-    """Deterministic split by recording: order by a seeded hash, then cut by fraction.
-    With 3+ recordings every non-zero fraction gets at least one recording."""
+    """Deterministic split by recording key (ingest uses each file's sha256): order by a
+    seeded hash, then cut by fraction. With 3+ keys every non-zero fraction gets one."""
     order = sorted(recordings, key=lambda r: hashlib.sha256(
         f"{cfg.split_seed}:{r}".encode()).hexdigest())
     n = len(order)
@@ -323,7 +323,10 @@ def _tables(results: list[_Result], cfg: IngestConfig,
     recordings = pd.DataFrame([r.recording for r in results])
     clips = [dict(c, recording=r.recording["recording"]) for r in results for c in r.clips]
     manifest = pd.DataFrame(clips)
-    split = assign_splits([r.recording["recording"] for r in results if r.clips], cfg)
+    # split by content, so byte-identical copies under two paths land in the same split
+    by_content = assign_splits(sorted({r.recording["sha256"] for r in results if r.clips}), cfg)
+    split = {r.recording["recording"]: by_content[r.recording["sha256"]]
+             for r in results if r.clips}
     recordings["split"] = [split.get(r, "") for r in recordings["recording"]]
     if manifest.empty:
         return recordings, manifest

@@ -7,10 +7,11 @@ recording's length. Anything wrong with a file is a `MediaError` whose message s
 is wrong and how to fix it; a file that breaks mid-way keeps its decodable prefix and
 says so in `ClipReader.problems`.
 
-Timeline: clip k covers [origin + k·hop, origin + k·hop + clip) in the recording's own
-time, where origin is where both streams have started (0 for almost every file).
-Audio encoder priming (AAC) is removed by FFmpeg's edit-list handling, so sample 0 of
-the decoded audio is at the audio stream's start time.
+Timeline: clip k covers [k·hop, k·hop + clip) seconds from `origin`, the instant both
+streams have started (the file's start for almost every file; what a player shows as
+0:00). Audio is placed by its timestamps, so a gap in the audio track becomes silence
+(and is reported) instead of shifting everything after it; encoder priming (AAC) is
+removed by FFmpeg's edit-list handling.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from sempair.config import FeatureConfig
 
 MAX_BAD_PACKETS = 50  # consecutive undecodable packets before the rest is given up
 FRAME_EPS = 1e-6      # seconds; a frame due at t is shown if its pts <= t + FRAME_EPS
+AUDIO_SLACK = 0.01    # seconds of timestamp jitter ignored when placing audio frames
+REPORT_GAP = 0.1      # seconds; audio gaps at least this long are reported
 
 
 class MediaError(Exception):
@@ -216,7 +219,7 @@ class ClipReader:
         origin = max(0.0, *(_seconds(s.start_time, s.time_base) or 0.0
                             for s in (self.video, self.audio)))
         resampler = av.AudioResampler(format="flt", layout="mono", rate=f.sample_rate)
-        audio = _SampleBuffer()
+        audio = _SampleBuffer(f.sample_rate, origin)
         frames = _FrameSampler(origin, f)
         next_clip = 0
         pending: list[tuple[float, np.ndarray, np.ndarray]] = []
@@ -228,7 +231,7 @@ class ClipReader:
                 v0 = next_clip * self.hop_frames
                 if audio.end < a0 + self.clip_samples or frames.end < v0 + self.clip_frames:
                     return
-                yield (origin + next_clip * self.hop_seconds,
+                yield (next_clip * self.hop_seconds,
                        audio.take(a0, a0 + self.clip_samples),
                        frames.take(v0, v0 + self.clip_frames))
                 next_clip += 1
@@ -237,11 +240,8 @@ class ClipReader:
 
         for frame in self._decoded():
             if isinstance(frame, av.AudioFrame):
-                if audio.start_time is None:
-                    audio.start_time = frame.time if frame.time is not None else origin
-                    audio.skip = round((origin - audio.start_time) * f.sample_rate)
                 for out in resampler.resample(frame):
-                    audio.append(out.to_ndarray()[0])
+                    audio.place(out.time, out.to_ndarray()[0])
             else:
                 frames.add(frame)
             pending.extend(ready_clips())
@@ -249,7 +249,7 @@ class ClipReader:
                 yield _batch(pending)
                 pending = []
         for out in resampler.resample(None):
-            audio.append(out.to_ndarray()[0])
+            audio.place(out.time, out.to_ndarray()[0])
         frames.flush()
         pending.extend(ready_clips())
         if pending:
@@ -257,13 +257,14 @@ class ClipReader:
         clip_seconds = self.clip_samples / f.sample_rate
         self.decoded_seconds = (next_clip - 1) * self.hop_seconds + clip_seconds if next_clip \
             else 0.0
-        self._check_coverage(audio, frames, origin)
+        self.problems += [f"audio missing for {length:.1f} s at {at:.1f} s: filled with "
+                          "silence" for at, length in audio.gaps if length >= REPORT_GAP]
+        self._check_coverage(audio, frames)
 
-    def _check_coverage(self, audio: _SampleBuffer, frames: _FrameSampler,
-                        origin: float) -> None:
+    def _check_coverage(self, audio: _SampleBuffer, frames: _FrameSampler) -> None:
         declared = self.info.duration
-        audio_end = origin + audio.end / self.features.sample_rate
-        video_end = origin + frames.end / self.features.fps
+        audio_end = audio.end / self.features.sample_rate    # seconds from the origin
+        video_end = frames.end / self.features.fps
         if declared and min(audio_end, video_end) < declared - self.hop_seconds - 0.5:
             short = "audio" if audio_end < video_end else "video"
             self.problems.insert(0, f"truncated: {short} ends at {min(audio_end, video_end):.1f} s "
@@ -277,21 +278,31 @@ def _batch(items: list[tuple[float, np.ndarray, np.ndarray]]) -> ClipBatch:
 
 
 class _SampleBuffer:
-    """Mono samples on the clip timeline: index 0 is the origin. Keeps only what's pending."""
+    """Mono samples on the clip timeline (index 0 = the origin), placed by timestamp;
+    keeps only what pending clips still need."""
 
-    def __init__(self):
-        self.start_time: float | None = None
-        self.skip = 0                 # samples to drop (>0) or pad with silence (<0) at start
+    def __init__(self, sample_rate: int, origin: float):
+        self.rate, self.origin = sample_rate, origin
         self.base = 0                 # timeline index of chunks[0][0]
-        self.end = 0                  # timeline index one past the last sample
+        self.end = 0                  # timeline index one past the last sample received
         self.chunks: list[np.ndarray] = []
+        self.gaps: list[tuple[float, float]] = []   # (at seconds, length seconds) filled
 
-    def append(self, samples: np.ndarray) -> None:
-        if self.skip > 0:
-            dropped = min(self.skip, len(samples))
-            samples, self.skip = samples[dropped:], self.skip - dropped
-        elif self.skip < 0:
-            samples, self.skip = np.concatenate([np.zeros(-self.skip, np.float32), samples]), 0
+    def place(self, time: float | None, samples: np.ndarray) -> None:
+        """Samples that start at `time` (seconds; None: right after the last ones)."""
+        if time is not None:
+            at = round((time - self.origin) * self.rate)
+            if at - self.end > AUDIO_SLACK * self.rate:       # a gap: silence, reported
+                self.gaps.append((self.end / self.rate, (at - self.end) / self.rate))
+                self._append(np.zeros(at - self.end, np.float32))
+            elif self.end - at > AUDIO_SLACK * self.rate:     # overlap (or before 0): drop
+                samples = samples[self.end - at:]
+        self._append(samples)
+
+    def _append(self, samples: np.ndarray) -> None:
+        if self.end < self.base:      # the next clip starts later (hop > clip): skip ahead
+            cut = min(self.base - self.end, len(samples))
+            samples, self.end = samples[cut:], self.end + cut
         if len(samples):
             self.chunks.append(samples)
             self.end += len(samples)
@@ -302,7 +313,9 @@ class _SampleBuffer:
         return joined[start - self.base: stop - self.base].copy()
 
     def drop_before(self, index: int) -> None:
-        if self.chunks and index > self.base:
+        if index >= self.end:
+            self.chunks, self.base = [], index
+        elif self.chunks and index > self.base:
             joined = np.concatenate(self.chunks) if len(self.chunks) > 1 else self.chunks[0]
             self.chunks = [joined[index - self.base:]]
             self.base = index

@@ -65,6 +65,11 @@ class Partners:
                     mask[p, q] = True
         return mask
 
+    def union(self, other: Partners) -> Partners:
+        n = len(self)
+        src = np.concatenate([np.repeat(np.arange(n), np.diff(p.indptr)) for p in (self, other)])
+        return Partners.from_edges(n, src, np.concatenate([self.indices, other.indices]))
+
     def mean_degree(self) -> float:
         return len(self.indices) / max(len(self), 1)
 

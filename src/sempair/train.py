@@ -111,6 +111,14 @@ def _gather(x: torch.Tensor, rt: Runtime) -> torch.Tensor:
     return torch.cat(all_gather(x), dim=0)
 
 
+def _all_finite(loss: torch.Tensor, rt: Runtime) -> bool:
+    """Every rank's loss is finite (all ranks agree, so none waits in a collective)."""
+    finite = torch.isfinite(loss.detach()).to(torch.int32).reshape(1)
+    if rt.world > 1:
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    return bool(finite.item())
+
+
 def _mean_across(value: float, rt: Runtime) -> float:
     if rt.world == 1:
         return value
@@ -154,7 +162,7 @@ def embed_all(model: AVEncoders, data: ClipDataset, batch_size: int, rt: Runtime
     n, per = len(items), math.ceil(len(items) / rt.world)
     mine = items[rt.rank::rt.world]
     # every rank runs the same number of equal batches (SyncBatchNorm is collective)
-    mine = np.concatenate([mine, np.repeat(mine[-1:], per - len(mine))])
+    mine = np.concatenate([mine, np.repeat(items[-1:], per - len(mine))])
     video, audio = [], []
     with batch_statistics_frozen(model):
         for start in range(0, per, batch_size):
@@ -189,7 +197,7 @@ class JsonLog:
         self.path, self.enabled = path, enabled
         if enabled and keep_before_epoch is not None and path.exists():
             lines = [line for line in path.read_text().splitlines()
-                     if json.loads(line)["epoch"] < keep_before_epoch]
+                     if _epoch_of(line) < keep_before_epoch]
             path.write_text("".join(line + "\n" for line in lines))
         elif enabled:
             path.write_text("")
@@ -197,7 +205,24 @@ class JsonLog:
     def write(self, **record) -> None:
         if self.enabled:
             with open(self.path, "a") as handle:
-                handle.write(json.dumps(record, allow_nan=True) + "\n")
+                handle.write(json.dumps(_json_safe(record), allow_nan=False) + "\n")
+
+
+def _epoch_of(line: str) -> float:
+    """A log line's epoch; a line cut short by a kill counts as from the future (dropped)."""
+    try:
+        return json.loads(line)["epoch"]
+    except (json.JSONDecodeError, KeyError):
+        return math.inf
+
+
+def _json_safe(value):
+    """NaN and inf become null: strict JSON readers (jq, browsers) reject them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    return value
 
 
 # -- training ----------------------------------------------------------------------------
@@ -243,6 +268,10 @@ def train(dataset: str | Path, out: str | Path, cfg: Config, *, resume: bool = F
     elif (out / CHECKPOINT).exists():
         raise TrainingError(f"{out} already holds a training run; pass --resume to continue "
                             "it, or choose another output folder")
+    if resumed and start_epoch >= t.epochs and (out / "summary.json").exists():
+        done = json.loads((out / "summary.json").read_text())      # nothing left to run
+        return TrainSummary(**{k: math.nan if v is None else v for k, v in done.items()}
+                            | {"out": out})
     if rt.main:
         out.mkdir(parents=True, exist_ok=True)
     log = JsonLog(out / LOG, start_epoch if resumed else None, rt.main)
@@ -271,8 +300,12 @@ def train(dataset: str | Path, out: str | Path, cfg: Config, *, resume: bool = F
                                  recording.numpy() if t.cross_recording_only else None)
             mining_seconds = time.perf_counter() - began
             log.write(epoch=epoch, step=step, kind="mining", seconds=mining_seconds,
-                      partners_per_clip=mined.mean_degree(), **_bank_quality(mined, labels))
-        partners = mined if (epg and t.candidates == "dataset") else \
+                      partners_per_clip=mined.mean_degree(),
+                      max_partners=int(np.diff(mined.indptr).max()),   # hubs show here
+                      **_bank_quality(mined, labels))
+        # y^e = y^t OR mined: the sampler draws from both, so temporal neighbours keep
+        # meeting in batches once mined partners exist
+        partners = mined.union(temporal) if (epg and t.candidates == "dataset") else \
             (temporal if t.temporal_tolerance > 0 else None)
 
         trained.train()
@@ -307,7 +340,7 @@ def train(dataset: str | Path, out: str | Path, cfg: Config, *, resume: bool = F
                            positives[offset:offset + len(local)].to(rt.device),
                            t.temperature, t.loss, video_all=video_all, audio_all=audio_all,
                            offset=offset)
-            if not torch.isfinite(loss):
+            if not _all_finite(loss, rt):
                 raise TrainingError(
                     f"loss is {loss.item()} at epoch {epoch + 1}, step {step}: lower train.lr "
                     f"(now {t.lr}) or raise train.temperature (now {t.temperature}); resume "
@@ -315,13 +348,14 @@ def train(dataset: str | Path, out: str | Path, cfg: Config, *, resume: bool = F
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+            lr = optimizer.param_groups[0]["lr"]       # the rate this step used
             optimizer.step()
             scheduler.step()
 
             step, seen = step + 1, seen + len(ids)
             loss_value = _mean_across(loss.item(), rt)
             epoch_losses.append(loss_value)
-            record = {"loss": loss_value, "lr": scheduler.get_last_lr()[0],
+            record = {"loss": loss_value, "lr": lr,
                       "grad_norm": float(grad_norm),
                       "positives_per_anchor": positives.sum(1).float().mean().item(),
                       "mined_per_anchor": (positives & ~temporal_mask).sum(1).float()
@@ -364,9 +398,9 @@ def train(dataset: str | Path, out: str | Path, cfg: Config, *, resume: bool = F
                            clips_per_second=seen / seconds, seconds=seconds)
     if rt.main:
         _write_model(out, model, cfg, data)
-        (out / "summary.json").write_text(json.dumps(
-            {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(summary).items()},
-            indent=2) + "\n")
+        (out / "summary.json").write_text(json.dumps(_json_safe(
+            {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(summary).items()}),
+            indent=2, allow_nan=False) + "\n")
     if rt.world > 1:
         dist.barrier()
         dist.destroy_process_group()
