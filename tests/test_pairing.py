@@ -113,10 +113,3 @@ def test_pair_quality_counts_against_labels():
     assert np.isnan(quality["mined_precision"])
     assert quality["false_negative_rate"] == pytest.approx(2 / 12)
 
-
-def test_union_keeps_both_relations():
-    mined = Partners.from_edges(5, np.array([0]), np.array([3]))
-    temporal = Partners.from_edges(5, np.array([0, 1]), np.array([1, 2]))
-    both = mined.union(temporal)
-    assert both.of(0).tolist() == [1, 3] and both.of(2).tolist() == [1]
-    assert both.of(4).tolist() == []

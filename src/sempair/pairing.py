@@ -65,11 +65,6 @@ class Partners:
                     mask[p, q] = True
         return mask
 
-    def union(self, other: Partners) -> Partners:
-        n = len(self)
-        src = np.concatenate([np.repeat(np.arange(n), np.diff(p.indptr)) for p in (self, other)])
-        return Partners.from_edges(n, src, np.concatenate([self.indices, other.indices]))
-
     def mean_degree(self) -> float:
         return len(self.indices) / max(len(self), 1)
 
@@ -195,11 +190,7 @@ class PartnerBatchSampler:
                     continue
                 batch.append(anchor)
                 in_batch.add(anchor)
-                # partners not yet shown this epoch first: hubs (clips that are among the
-                # nearest of very many) would otherwise fill the epoch and crowd others out
                 candidates = [j for j in partners.of(anchor) if int(j) not in in_batch]
-                fresh = [j for j in candidates if not used[j]]
-                candidates = fresh if len(fresh) >= self.per_anchor else candidates
                 take = min(self.per_anchor, len(candidates),
                            min(self.batch_size, self.n) - len(batch))
                 for j in rng.choice(candidates, size=take, replace=False) if take else ():

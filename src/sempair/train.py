@@ -303,9 +303,9 @@ def train(dataset: str | Path, out: str | Path, cfg: Config, *, resume: bool = F
                       partners_per_clip=mined.mean_degree(),
                       max_partners=int(np.diff(mined.indptr).max()),   # hubs show here
                       **_bank_quality(mined, labels))
-        # y^e = y^t OR mined: the sampler draws from both, so temporal neighbours keep
-        # meeting in batches once mined partners exist
-        partners = mined.union(temporal) if (epg and t.candidates == "dataset") else \
+        # under EPG the sampler draws mined partners only: also drawing temporal ones, or
+        # preferring partners not yet shown, mined worse on synthetic data (docs/training.md)
+        partners = mined if (epg and t.candidates == "dataset") else \
             (temporal if t.temporal_tolerance > 0 else None)
 
         trained.train()
