@@ -73,19 +73,14 @@ def main() -> None:
 
     started = time.perf_counter()
     source = Path(args.source or args.workdir / "recordings")
-    if args.synth:
-        import dataclasses
-        import shutil
+    if args.synth:   # the `sempair synth` command, broken files included
+        from sempair.cli import main as sempair
 
-        from sempair.config import load_config
-        from sempair.synth import generate, write_bad_files
-
-        cfg = load_config(None, args.set).synth
-        cfg = dataclasses.replace(cfg, **{k: v for k, v in (
-            ("recordings", args.recordings), ("seconds", args.seconds)) if v is not None})
-        shutil.rmtree(source, ignore_errors=True)
-        print(generate(source, cfg, progress=True))
-        write_bad_files(source / "bad", seed=cfg.seed)
+        sizes = [f"--{k}={v}" for k, v in (("recordings", args.recordings),
+                                            ("seconds", args.seconds)) if v is not None]
+        if sempair(["synth", str(source), "--bad-files", *sizes,
+                    *[f"--set={s}" for s in args.set]]):
+            raise SystemExit("synth failed: see the error above")
 
     outputs = run_local(source, args.workdir, args.set)
     print_summary(source, args.workdir, outputs, time.perf_counter() - started)
@@ -97,7 +92,8 @@ def print_summary(source: Path, workdir: Path, outputs: dict, elapsed: float) ->
     from sempair.dataset import read_meta
 
     dataset = Path(outputs["dataset"].path)
-    meta, counts = read_meta(dataset), read_meta(dataset)["counts"]
+    meta = read_meta(dataset)
+    counts = meta["counts"]
     recordings = pd.read_parquet(dataset / "recordings.parquet")
     print("\n== sempair pipeline (local) ==")
     print(f"recordings   {counts['recordings']} in {source} ({counts['ok']} whole, "

@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from sempair import __version__
+from sempair import SempairError, __version__
 from sempair.config import Config, ConfigError, load_config
 
 
@@ -136,12 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileExistsError, FileNotFoundError, ValueError) as error:
         print(f"sempair {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except Exception as error:
-        if type(error).__name__.endswith("Error") and type(error).__module__.startswith(
-                "sempair"):
-            print(f"sempair {args.command}: error: {error}", file=sys.stderr)
-            return 1
-        raise
+    except SempairError as error:
+        print(f"sempair {args.command}: error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

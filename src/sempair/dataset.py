@@ -21,12 +21,14 @@ import numpy as np
 import pandas as pd
 import torch
 
+from sempair import SempairError
+
 FORMAT = "sempair-clips"
 FORMAT_VERSION = 1
 NPY_HEADER_BYTES = 128  # fixed header size, so the shape can be rewritten in place
 
 
-class DatasetError(Exception):
+class DatasetError(SempairError):
     """A folder that is not a complete clip dataset; the message says what to do."""
 
 

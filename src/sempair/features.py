@@ -7,7 +7,6 @@ in training and in production.
 from __future__ import annotations
 
 import functools
-import math
 
 import numpy as np
 import torch
@@ -88,19 +87,3 @@ def clip_stats(waveform: np.ndarray, logmel: np.ndarray, frames: np.ndarray) -> 
         "video_contrast": luma.std(axis=(2, 3)).mean(axis=1).astype(np.float32),
         "video_motion": motion.astype(np.float32),
     }
-
-
-def frames_per_clip(clip_seconds: float, cfg: FeatureConfig) -> int:
-    return round(clip_seconds * cfg.fps)
-
-
-def samples_per_clip(clip_seconds: float, cfg: FeatureConfig) -> int:
-    return round(clip_seconds * cfg.sample_rate)
-
-
-def mel_frames_per_clip(clip_seconds: float, cfg: FeatureConfig) -> int:
-    return samples_per_clip(clip_seconds, cfg) // cfg.hop_length
-
-
-def is_whole(x: float) -> bool:
-    return math.isclose(x, round(x), abs_tol=1e-9)

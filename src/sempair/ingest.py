@@ -33,7 +33,7 @@ import torch
 from tqdm import tqdm
 
 import sempair
-from sempair import annotations
+from sempair import SempairError, annotations
 from sempair.config import Config, FeatureConfig, IngestConfig
 from sempair.dataset import FORMAT, FORMAT_VERSION, NpyAppender
 from sempair.features import clip_stats, log_mel
@@ -44,7 +44,7 @@ OK, PARTIAL, QUARANTINED = "ok", "partial", "quarantined"
 SPLITS = ("train", "val", "test")
 
 
-class IngestError(Exception):
+class IngestError(SempairError):
     """Nothing could be ingested, or the output cannot be written; says why and the fix."""
 
 

@@ -26,6 +26,7 @@ import av.error
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
+from sempair import SempairError
 from sempair.config import FeatureConfig
 
 MAX_BAD_PACKETS = 50  # consecutive undecodable packets before the rest is given up
@@ -34,7 +35,7 @@ AUDIO_SLACK = 0.01    # seconds of timestamp jitter ignored when placing audio f
 REPORT_GAP = 0.1      # seconds; audio gaps at least this long are reported
 
 
-class MediaError(Exception):
+class MediaError(SempairError):
     """A file that cannot be ingested; str(error) is the reason shown to the user."""
 
 

@@ -31,7 +31,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from sempair import __version__
+from sempair import SempairError, __version__
 from sempair.config import Config
 from sempair.dataset import ClipDataset
 from sempair.losses import av_loss
@@ -49,7 +49,7 @@ from sempair.pairing import (
 CHECKPOINT, LOG, WEIGHTS = "checkpoint.pt", "log.jsonl", "model.pt"
 
 
-class TrainingError(Exception):
+class TrainingError(SempairError):
     """Training cannot go on; the message says why and what to change."""
 
 
@@ -439,11 +439,13 @@ def _bank_quality(mined: Partners, labels: np.ndarray | None) -> dict[str, float
 
 def _mean_quality(records: list[dict]) -> dict[str, float]:
     """Mean of each diagnostic over an epoch's steps, ignoring steps where it was undefined."""
+    if not records:
+        return {}
     means = {}
     for key in ("mined_precision", "base_rate", "false_negative_rate"):
         values = np.array([r[key] for r in records], dtype=float)
         means[key] = float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
-    return means if records else {}
+    return means
 
 
 def _write_model(out: Path, model: AVEncoders, cfg: Config, data: ClipDataset) -> None:
