@@ -1,4 +1,4 @@
-"""Run the training pipeline DAG locally with kfp.local (no cluster, no Docker).
+"""Run the training pipeline DAG (ingest, train, evaluate, gated release) with kfp.local.
 
     python -m pipelines.local --source DIR       # recordings you have
     python -m pipelines.local --synth            # generate synthetic ones first (make demo)
@@ -111,8 +111,27 @@ def print_summary(source: Path, workdir: Path, outputs: dict, elapsed: float) ->
         f"{trained['base_rate']:.2f} for random pairs")
     print(f"model        {model} ({config['pairing']}, {config['loss']}: "
           f"{trained['epochs']} epochs, loss {trained['final_loss']:.3f}{quality})")
+    evaluation = Path(outputs["evaluation"].path)
+    m = json.loads((evaluation / "metrics.json").read_text())
+    print(f"evaluation   localization accuracy {_fmt(m['localization_accuracy'])}, macro-F1 "
+          f"{_fmt(m['localization_macro_f1'])}; anomaly AUC "
+          f"{_fmt(m['anomaly_combined_auc'])}; search mAP a→v {_fmt(m['search_a2v_map'])}, "
+          f"v→v {_fmt(m['search_v2v_map'])} ({m['clips_test']} test clips)")
+    print(f"report       {evaluation / 'report.html'}")
+    checks = json.loads((evaluation / "evaluation.json").read_text())["gate"]["checks"]
+    print(f"gate         {'passed' if outputs['passed'] else 'failed'}: " + "; ".join(
+        f"{c['metric']} {_fmt(c['value'])} {'>=' if c['passed'] else 'below'} "
+        f"{c['threshold']}" for c in checks))
+    bundles = sorted(Path(workdir, "kfp").glob("**/release.json"), key=os.path.getmtime)
+    released = bundles and bundles[-1].stat().st_mtime >= time.time() - elapsed
+    print("release      " + (str(bundles[-1].parent) if outputs["passed"] and released
+                             else "held back by the gate (see evaluate.gate_* in params.yaml)"))
     print(f"outputs      {workdir.absolute() / 'kfp'}")
     print(f"elapsed      {elapsed:.1f} s")
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 if __name__ == "__main__":

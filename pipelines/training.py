@@ -1,15 +1,19 @@
-"""The training pipeline DAG: ingest -> train -> (validate, evaluate, deploy: next).
+"""The training pipeline DAG: ingest -> train -> evaluate -> [gate] -> release.
 
-Compile with `python -m pipelines.compile`; run locally with `python -m pipelines.local`.
+The release step runs only when the evaluation's gate passed (evaluate.gate_* thresholds
+in params.yaml); deploy steps hang off the same gate. Compile with
+`python -m pipelines.compile`; run locally with `python -m pipelines.local`.
 """
 
 from typing import NamedTuple
 
 from kfp import dsl
-from kfp.dsl import Dataset, Model
+from kfp.dsl import Artifact, Dataset, Model
 
 from components import BASE_IMAGE
+from components.evaluate import evaluate
 from components.ingest import ingest
+from components.release import release
 from components.train import train
 from sempair.config import load_config
 
@@ -19,8 +23,10 @@ PIPELINE = load_config().pipeline
 class PipelineOutputs(NamedTuple):
     dataset: Dataset
     model: Model
+    evaluation: Artifact
     clips: int
     quarantined: int
+    passed: bool        # the evaluation gate's decision; its checks: evaluation.json
 
 
 @dsl.pipeline(name=PIPELINE.name,
@@ -41,7 +47,20 @@ def training_pipeline(
     trained.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
     trained.set_cpu_request("4").set_memory_request("16G").set_memory_limit("32G")
 
+    evaluated = evaluate(dataset=ingested.outputs["dataset"], model=trained.outputs["model"],
+                         overrides=overrides)
+    evaluated.set_display_name("evaluate encoders")
+    evaluated.set_cpu_request("2").set_memory_request("4G").set_memory_limit("8G")
+
+    with dsl.If(evaluated.outputs["Output"] == True, name="evaluation-gate"):  # noqa: E712
+        released = release(model=trained.outputs["model"],
+                           evaluation=evaluated.outputs["evaluation"])
+        released.set_display_name("release model")
+        released.set_cpu_request("1").set_memory_request("1G").set_memory_limit("2G")
+
     return PipelineOutputs(dataset=ingested.outputs["dataset"],
                            model=trained.outputs["model"],
+                           evaluation=evaluated.outputs["evaluation"],
                            clips=ingested.outputs["clips"],
-                           quarantined=ingested.outputs["quarantined"])
+                           quarantined=ingested.outputs["quarantined"],
+                           passed=evaluated.outputs["Output"])

@@ -45,3 +45,13 @@ def synth_dataset(tmp_path_factory, synth_source: Path, cfg: Config) -> Path:
     out = tmp_path_factory.mktemp("datasets") / "synth"
     ingest(synth_source, out, cfg, workers=1)
     return out
+
+
+@pytest.fixture(scope="session")
+def small_model(tmp_path_factory, synth_dataset: Path) -> Path:
+    """A tiny EPG model trained on `synth_dataset` (seconds)."""
+    from sempair.train import train
+
+    out = tmp_path_factory.mktemp("models") / "epg"
+    train(synth_dataset, out, load_config(None, TRAIN_SMALL))
+    return out

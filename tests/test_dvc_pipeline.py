@@ -22,4 +22,6 @@ def test_every_stage_calls_a_real_command_with_real_params():
         assert set(stage["params"]) <= sections, name
         assert set(stage.get("deps", [])) <= produced, f"{name} depends on a later stage"
         produced |= set(stage["outs"])
-    assert list(stages) == ["synth", "ingest", "train"]
+    assert list(stages) == ["synth", "ingest", "train", "evaluate"]
+    metrics = [next(iter(m)) for m in stages["evaluate"]["metrics"]]
+    assert metrics == ["reports/evaluation/metrics.json"]

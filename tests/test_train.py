@@ -143,3 +143,10 @@ def test_resume_tolerates_a_cut_log_line_and_a_finished_run(tmp_path, synth_data
     again = train(synth_dataset, tmp_path / "m", cfg, resume=True)
     assert again.final_loss == pytest.approx(first.final_loss)
     assert summary_file.read_text() == before                    # nothing re-run
+
+
+def test_supervised_upper_bound_uses_labels_and_needs_them(tmp_path, synth_dataset):
+    summary = train(synth_dataset, tmp_path / "sup", small("train.pairing=supervised"))
+    assert summary.steps > 0 and summary.final_loss == summary.final_loss   # finite
+    with pytest.raises(Exception, match="infonce"):
+        small("train.pairing=supervised", "train.loss=infonce")

@@ -53,6 +53,25 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(summary)
 
 
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from sempair.evaluate import evaluate
+
+    summary = evaluate(args.model, args.dataset, args.out, _config(args),
+                       report=not args.no_report)
+    print(summary)
+
+
+def cmd_experiment(args: argparse.Namespace) -> None:
+    from sempair.experiment import run_experiment
+
+    results = args.results or (None if args.quick else Path("docs/results.md"))
+    result = run_experiment(args.out, args.params, args.set, quick=args.quick,
+                            results=results, progress=not args.quiet)
+    print(result.table)
+    print(f"\n{len(result.runs)} runs in {result.seconds / 60:.1f} min; table written to "
+          f"{results or Path(args.out) / 'results.md'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--params", type=Path, default=None,
@@ -66,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sempair", description="Audio-visual representation learning for surveillance "
         "recordings: synthetic data, ingestion, training (temporal or embedding-based pair "
-        "generation); evaluation and serving next. Every command reads params.yaml; see "
+        "generation), evaluation and the experiment grid; serving next. Every command reads "
+        "params.yaml; see "
         "`sempair COMMAND --help`.")
     parser.add_argument("--version", action="version", version=f"sempair {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -126,6 +146,42 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true",
                        help="continue the run in OUT from its last checkpoint")
     train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser(
+        "evaluate", parents=[common], help="score frozen encoders on the test split",
+        description="Evaluate the frozen encoders in MODEL on DATASET (which needs labels: "
+        "an events.csv at ingest): audio-visual event localization (linear probe on "
+        "[audio ; video], fitted on train, scored on test: accuracy, macro-F1, confusion), "
+        "anomaly detection (kNN distance to training clips, audio-video disagreement, "
+        "combined: ROC-AUC, AP), event search (test queries against the train archive, "
+        "audio→video, video→audio, video→video: mAP, Recall@1/10) and pair quality "
+        "(temporal vs EPG positives at the model's embeddings). Writes OUT/metrics.json, "
+        "evaluation.json (with the deploy gate's decision; thresholds are evaluate.gate_*), "
+        "probe.npz, anomaly.npz and report.html.")
+    evaluate.add_argument("model", help="model folder (from `sempair train`)")
+    evaluate.add_argument("dataset", help="labelled clip dataset (from `sempair ingest`)")
+    evaluate.add_argument("out", help="folder for metrics and the report")
+    evaluate.add_argument("--no-report", action="store_true",
+                          help="metrics only: skip report.html and its figures")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    experiment = sub.add_parser(
+        "experiment", parents=[common], help="the science grid: EPG vs baselines, seeds",
+        description="Synthesise a benchmark (experiment.recordings × experiment.seconds), "
+        "ingest it once, then train and score every method over experiment.seeds on the "
+        "same split: hand-made features, random encoders, exact-time InfoNCE, ±1-window "
+        "temporal pairs, EPG and its loss/rule ablations, and a supervised upper bound. "
+        "Writes the mean ± std table into a generated block of --results, keeping the text "
+        "around it. Finished runs under OUT are reused, so an interrupted grid resumes. "
+        "The default size takes under an hour on 2 CPU cores.")
+    experiment.add_argument("out", help="work folder: recordings, dataset, one folder per run")
+    experiment.add_argument("--quick", action="store_true",
+                            help="tiny data, model and schedule (seconds, not an hour): "
+                            "checks the machinery, measures nothing")
+    experiment.add_argument("--results", type=Path, default=None,
+                            help="markdown file for the table (default: docs/results.md; "
+                            "with --quick: OUT/results.md)")
+    experiment.set_defaults(func=cmd_experiment)
     return parser
 
 

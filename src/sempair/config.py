@@ -106,6 +106,28 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class EvaluateConfig:
+    batch_size: int
+    probe_c: float
+    anomaly_k: int
+    pair_batches: int
+    pair_batch_size: int
+    map_method: str
+    gate_macro_f1: float
+    gate_search_map: float
+    gate_anomaly_auc: float
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    recordings: int
+    seconds: float
+    seeds: tuple[int, ...]
+    epochs: int
+    jobs: int
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     name: str
     base_image: str
@@ -119,6 +141,8 @@ class Config:
     ingest: IngestConfig
     model: ModelConfig
     train: TrainConfig
+    evaluate: EvaluateConfig
+    experiment: ExperimentConfig
     pipeline: PipelineConfig
 
     def to_dict(self) -> dict[str, Any]:
@@ -151,16 +175,17 @@ class Config:
         t = self.train
         for name, value, allowed in (
                 ("loss", t.loss, ("infonce", "multipos_mean", "multipos_logsum")),
-                ("pairing", t.pairing, ("temporal", "epg")),
+                ("pairing", t.pairing, ("temporal", "epg", "supervised")),
                 ("rule", t.rule, ("topk", "threshold", "mutual_knn")),
                 ("candidates", t.candidates, ("batch", "dataset")),
                 ("bank", t.bank, ("passes", "recompute")),
                 ("device", t.device, ("auto", "cpu", "cuda"))):
             if value not in allowed:
                 problems.append(f"train.{name}={value!r}: choose one of {', '.join(allowed)}")
-        if t.pairing == "epg" and t.loss == "infonce":
-            problems.append("train.loss=infonce uses one positive per anchor, so EPG's mined "
-                            "positives would be ignored; use multipos_mean or multipos_logsum")
+        if t.pairing != "temporal" and t.loss == "infonce":
+            problems.append(f"train.loss=infonce uses one positive per anchor, so "
+                            f"train.pairing={t.pairing}'s extra positives would be ignored; "
+                            "use multipos_mean or multipos_logsum")
         if t.batch_size < 2 or t.temperature <= 0 or t.k < 1 or t.refresh_every < 1:
             problems.append("need train.batch_size >= 2, temperature > 0, k >= 1, "
                             "refresh_every >= 1")
@@ -168,6 +193,17 @@ class Config:
                t.warmup_epochs, t.threads) < 0 or t.epochs < 1:
             problems.append("train.partners_per_anchor, temporal_tolerance, lr_warmup_steps, "
                             "warmup_epochs and threads must be >= 0, and epochs >= 1")
+        e = self.evaluate
+        if min(e.batch_size, e.anomaly_k, e.pair_batches) < 1 or e.pair_batch_size < 2 \
+                or e.probe_c <= 0:
+            problems.append("need evaluate.batch_size, anomaly_k, pair_batches >= 1, "
+                            "pair_batch_size >= 2 and probe_c > 0")
+        if e.map_method not in ("tsne", "pca"):
+            problems.append(f"evaluate.map_method={e.map_method!r}: choose tsne or pca")
+        x = self.experiment
+        if x.recordings < 3 or x.seconds <= 0 or not x.seeds or min(x.epochs, x.jobs) < 1:
+            problems.append("experiment needs recordings >= 3 (train and test splits), "
+                            "seconds > 0, at least one seed, epochs >= 1 and jobs >= 1")
         if problems:
             raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
         return self

@@ -10,6 +10,7 @@ so one [B, B] mask serves both directions of the loss.
             direction), `mutual_knn` (each among the other's k nearest), `threshold`
             (cosine >= s). Candidates are the batch, or a dataset-wide bank of every
             training clip's embeddings, refreshed every few epochs.
+- labels    (`pairing=supervised`, the upper bound in evaluation only): same event label.
 - y^e = y^t OR mined. Mined partners of a dataset bank only reach the loss if they share
   a batch, which `PartnerBatchSampler` arranges.
 """
@@ -82,6 +83,24 @@ def temporal_partners(recording: np.ndarray, clip: np.ndarray, tolerance: int) -
     if not src:
         return Partners(np.zeros(n + 1, np.int64), np.zeros(0, np.int64))
     return Partners.from_edges(n, np.concatenate(src), np.concatenate(dst))
+
+
+def label_partners(labels: np.ndarray, per_clip: int, seed: int) -> Partners:
+    """Up to `per_clip` random clips with the same label, for every clip (the supervised
+    upper bound's sampler: a full same-label graph would be O(N²/classes) edges)."""
+    rng = np.random.default_rng(seed)
+    src, dst = [], []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        if len(members) < 2:
+            continue
+        for i in members:
+            others = members[members != i]
+            src.append(np.full(min(per_clip, len(others)), i))
+            dst.append(rng.choice(others, size=min(per_clip, len(others)), replace=False))
+    if not src:
+        return Partners(np.zeros(len(labels) + 1, np.int64), np.zeros(0, np.int64))
+    return Partners.from_edges(len(labels), np.concatenate(src), np.concatenate(dst))
 
 
 # -- mining ------------------------------------------------------------------------------

@@ -11,7 +11,9 @@ embeddings across ranks (and write them into the bank), build the positive mask
 run would have had.
 
 Labels, when the dataset has them, only feed diagnostics in the log (precision of mined
-positives, false-negative rate); training never reads them.
+positives, false-negative rate); self-supervised training never reads them. The one
+exception is `pairing=supervised`, the upper bound that evaluation compares against:
+there clips with the same label are the positives.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from sempair import SempairError, __version__
+from sempair import SempairError, __version__, json_safe
 from sempair.config import Config
 from sempair.dataset import ClipDataset
 from sempair.losses import av_loss
@@ -39,6 +41,7 @@ from sempair.models import AVEncoders
 from sempair.pairing import (
     PartnerBatchSampler,
     Partners,
+    label_partners,
     mine_batch,
     mine_dataset,
     pair_quality,
@@ -205,7 +208,7 @@ class JsonLog:
     def write(self, **record) -> None:
         if self.enabled:
             with open(self.path, "a") as handle:
-                handle.write(json.dumps(_json_safe(record), allow_nan=False) + "\n")
+                handle.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
 
 
 def _epoch_of(line: str) -> float:
@@ -214,15 +217,6 @@ def _epoch_of(line: str) -> float:
         return json.loads(line)["epoch"]
     except (json.JSONDecodeError, KeyError):
         return math.inf
-
-
-def _json_safe(value):
-    """NaN and inf become null: strict JSON readers (jq, browsers) reject them."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    return value
 
 
 # -- training ----------------------------------------------------------------------------
@@ -244,6 +238,11 @@ def train(dataset: str | Path, out: str | Path, cfg: Config, *, resume: bool = F
     recording = torch.as_tensor(pd.factorize(data.manifest["recording"])[0])    # [N]
     clip = torch.as_tensor(data.manifest["clip"].to_numpy(np.int64))            # [N]
     labels = data.manifest["label"].to_numpy() if "label" in data.manifest else None
+    supervised = t.pairing == "supervised"     # the upper bound: labels are the positives
+    if supervised and labels is None:
+        raise TrainingError("train.pairing=supervised needs clip labels: ingest the "
+                            "recordings with an events.csv at the source root")
+    label_codes = torch.as_tensor(pd.factorize(labels)[0]) if supervised else None   # [N]
 
     model = AVEncoders(cfg.model).to(rt.device)
     if rt.world > 1 and rt.device.type == "cuda":
@@ -258,6 +257,7 @@ def train(dataset: str | Path, out: str | Path, cfg: Config, *, resume: bool = F
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, t.lr_warmup_steps, total_steps))
     temporal = temporal_partners(recording.numpy(), clip.numpy(), t.temporal_tolerance)
+    same_label = label_partners(labels, per_clip=8, seed=t.seed) if supervised else None
 
     start_epoch, step, mined = 0, 0, None
     bank, fresh = None, np.zeros(len(data), bool)   # (video, audio) [N, d]; written since refresh
@@ -305,8 +305,8 @@ def train(dataset: str | Path, out: str | Path, cfg: Config, *, resume: bool = F
                       **_bank_quality(mined, labels))
         # under EPG the sampler draws mined partners only: also drawing temporal ones, or
         # preferring partners not yet shown, mined worse on synthetic data (docs/training.md)
-        partners = mined if (epg and t.candidates == "dataset") else \
-            (temporal if t.temporal_tolerance > 0 else None)
+        partners = mined if (epg and t.candidates == "dataset") else same_label \
+            if supervised else (temporal if t.temporal_tolerance > 0 else None)
 
         trained.train()
         batches = sampler.batches(epoch, partners)
@@ -326,7 +326,9 @@ def train(dataset: str | Path, out: str | Path, cfg: Config, *, resume: bool = F
                 fresh[ids] = True
             positives = temporal_positives(recording[ids], clip[ids], t.temporal_tolerance)
             temporal_mask = positives.clone()
-            if epg and t.candidates == "dataset":
+            if supervised:
+                positives |= label_codes[ids][:, None] == label_codes[ids][None, :]
+            elif epg and t.candidates == "dataset":
                 positives |= mined.mask(ids)
             elif epg:
                 exclude = positives | torch.eye(len(ids), dtype=torch.bool)
@@ -398,7 +400,7 @@ def train(dataset: str | Path, out: str | Path, cfg: Config, *, resume: bool = F
                            clips_per_second=seen / seconds, seconds=seconds)
     if rt.main:
         _write_model(out, model, cfg, data)
-        (out / "summary.json").write_text(json.dumps(_json_safe(
+        (out / "summary.json").write_text(json.dumps(json_safe(
             {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(summary).items()}),
             indent=2, allow_nan=False) + "\n")
     if rt.world > 1:

@@ -278,7 +278,7 @@ def crash(ev, n, sr, rng):
 
 def scream(ev, n, sr, rng):
     t = times(n, sr)
-    contour = np.sin(np.pi * t / t[-1])
+    contour = np.clip(np.sin(np.pi * np.linspace(0, 1, n)), 0, None)   # n = 1 at a file's end
     f = rng.uniform(480, 600) * (1 + 0.5 * contour) * (1 + 0.03 * np.sin(2 * np.pi * 6 * t))
     voice = harmonics(f, sr, [k ** -0.8 for k in range(1, 15)]) + 0.1 * rng.standard_normal(n)
     voice = shape(voice, sr, peaks((1000, 1500, 2800), 200))

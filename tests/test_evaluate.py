@@ -1,0 +1,181 @@
+"""Evaluation: each metric against answers worked out by hand, then the command end to end."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sempair.cli import main
+from sempair.config import load_config
+from sempair.dataset import ClipDataset
+from sempair.evaluate import EvaluationError, evaluate, gate, score
+from sempair.evaluate.anomaly import anomaly_metrics, fit_scorer
+from sempair.evaluate.embeddings import Embeddings, handcrafted
+from sempair.evaluate.pairs import relation_quality
+from sempair.evaluate.probe import Probe, localization, probe_features
+from sempair.evaluate.release import make_release
+from sempair.evaluate.search import event_search, rank
+from sempair.pairing import Partners
+from tests.conftest import TRAIN_SMALL
+
+METRICS = {"localization_accuracy", "localization_macro_f1", "anomaly_knn_auc",
+           "anomaly_knn_ap", "anomaly_disagreement_auc", "anomaly_combined_auc",
+           "anomaly_combined_ap", "search_a2v_map", "search_v2a_map", "search_v2v_map",
+           "search_v2v_r1", "search_v2v_r10", "pairs_temporal_precision",
+           "pairs_epg_precision", "pairs_epg_recall", "pairs_epg_fn_rate",
+           "pairs_mined_precision", "pairs_base_rate", "clips_train", "clips_test"}
+
+
+def unit(x):
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def clustered(per_class=12, noise=0.05, seed=0, anomalies=0):
+    """Two recordings per split; each label is a direction, audio and video agree."""
+    rng = np.random.default_rng(seed)
+    labels = ["background", "car", "siren"] * per_class
+    centres = {name: unit(rng.standard_normal((1, 16)))[0] for name in set(labels)}
+    base = np.stack([centres[name] for name in labels])
+    n = len(labels)
+    clips = pd.DataFrame({
+        "recording": [f"r{i % 4}.mp4" for i in range(n)], "clip": np.arange(n) // 4,
+        "split": ["train" if i % 4 < 2 else "test" for i in range(n)],
+        "label": labels, "anomaly": np.zeros(n, np.int8)})
+    audio = unit(base + noise * rng.standard_normal(base.shape))
+    video = unit(base + noise * rng.standard_normal(base.shape))
+    test = np.flatnonzero(clips["split"] == "test")[:anomalies]
+    for i in test:   # anomalies: far from everything, and audio disagrees with video
+        audio[i], video[i] = unit(rng.standard_normal((2, 16)))
+        clips.loc[i, "anomaly"] = 1
+    return Embeddings(audio, video, clips, cross_modal=True)
+
+
+def test_average_precision_matches_a_ranking_worked_by_hand():
+    # gallery along one axis: cosine to the query falls with the index
+    angles = np.linspace(0, np.pi / 2, 5)
+    gallery = np.stack([np.cos(angles), np.sin(angles)], 1).astype(np.float32)
+    query = np.array([[1.0, 0.0]], np.float32)
+    labels = np.array(["a", "b", "a", "b", "a"])       # relevant at ranks 1, 3, 5
+    ap, top, scores = rank(query, np.array(["a"]), gallery, labels)
+    assert ap[0] == pytest.approx((1 / 1 + 2 / 3 + 3 / 5) / 3)
+    assert top[0, :5].tolist() == [0, 1, 2, 3, 4]
+    assert np.all(np.diff(scores[0, :5]) <= 0)
+
+
+def test_clean_clusters_score_perfectly_and_planted_anomalies_are_found():
+    emb = clustered(anomalies=3)
+    located = localization(emb, c=1.0)
+    assert located.accuracy > 0.9 and located.macro_f1 > 0.9
+    assert located.confusion.sum() == len(emb.rows("test"))
+    metrics, _ = event_search(emb)
+    for direction in ("a2v", "v2a", "v2v"):
+        assert metrics[f"search_{direction}_map"] > 0.9
+        assert metrics[f"search_{direction}_r1"] > 0.9
+    anomaly, scores = anomaly_metrics(emb, fit_scorer(emb, k=3))
+    for name in ("knn", "disagreement", "combined"):
+        assert anomaly[f"anomaly_{name}_auc"] == pytest.approx(1.0)
+        assert len(scores[name]) == len(emb.rows("test"))
+
+
+def test_random_embeddings_score_at_chance():
+    emb = clustered(per_class=60, noise=100.0, anomalies=6)   # noise swamps the classes
+    metrics, _ = event_search(emb)
+    # chance mAP is about the share of relevant items (1/3 per event label)
+    assert 0.2 < metrics["search_v2v_map"] < 0.5
+    anomaly, _ = anomaly_metrics(emb, fit_scorer(emb, k=3))
+    assert anomaly["anomaly_knn_auc"] < 0.8
+
+
+def test_pair_quality_counts_match_the_definitions():
+    labels = np.array(["car", "car", "car", "background", "siren"])
+    # pairs (0,1) same event, (1,3) different, (3,4) different
+    partners = Partners.from_edges(5, np.array([0, 1, 3]), np.array([1, 3, 4]))
+    precision, recall = relation_quality(partners, labels)
+    assert precision == pytest.approx(2 / 6)       # 6 directed edges, 2 with the same label
+    assert recall == pytest.approx(2 / 6)          # car: 3·2 = 6 ordered same-event pairs
+
+
+def test_hand_made_features_have_no_cross_modal_tasks(synth_dataset, cfg):
+    emb = handcrafted(ClipDataset(synth_dataset), batch_size=64)
+    assert not emb.cross_modal
+    assert np.allclose(np.linalg.norm(emb.audio, axis=1), 1, atol=1e-5)
+    metrics = score(emb, cfg).metrics
+    assert math.isnan(metrics["search_a2v_map"]) and math.isnan(metrics["pairs_epg_precision"])
+    assert math.isnan(metrics["anomaly_disagreement_auc"])
+    assert np.isfinite(metrics["search_v2v_map"]) and np.isfinite(metrics["localization_macro_f1"])
+
+
+def test_unlabelled_data_is_refused_with_the_fix(cfg):
+    emb = clustered()
+    bare = Embeddings(emb.audio, emb.video, emb.clips.drop(columns=["label", "anomaly"]), True)
+    with pytest.raises(EvaluationError, match=r"events\.csv"):
+        score(bare, cfg)
+
+
+def test_gate_fails_on_a_missing_metric_and_on_a_low_one(cfg):
+    checks = gate({"localization_macro_f1": 0.9, "search_v2v_map": 0.01,
+                   "anomaly_combined_auc": math.nan}, cfg.evaluate)
+    assert [c.passed for c in checks] == [True, False, False]
+    assert "FAIL" in str(checks[1])
+
+
+def test_evaluate_command_writes_metrics_report_and_a_usable_probe(tmp_path, small_model,
+                                                                     synth_dataset):
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(small_model), str(synth_dataset), str(out), "-q",
+                 "--set", "evaluate.map_method=pca"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())   # strict JSON: nan is null
+    assert metrics.keys() >= METRICS
+    assert 0 <= metrics["localization_accuracy"] <= 1
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert evaluation["dataset"] == evaluation["trained_on"]
+    assert len(evaluation["gate"]["checks"]) == 3
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html and "localization_macro_f1" in html
+    # the saved probe is plain arrays and gives the evaluation's own predictions
+    probe = Probe.load(out / "probe.npz")
+    summary = evaluate(small_model, synth_dataset, tmp_path / "again",
+                       load_config(None, TRAIN_SMALL), report=False)
+    assert summary.metrics["localization_accuracy"] == pytest.approx(
+        metrics["localization_accuracy"])
+    assert set(probe.classes) >= set(summary.localization.predicted)
+
+
+def test_evaluate_refuses_a_model_trained_on_other_features(tmp_path, small_model,
+                                                            synth_dataset):
+    saved = small_model.parent / "other-features"
+    saved.mkdir(exist_ok=True)
+    import torch
+
+    weights = torch.load(small_model / "model.pt", weights_only=False)
+    weights["features"] = weights["features"] | {"n_mels": 32}
+    torch.save(weights, saved / "model.pt")
+    with pytest.raises(EvaluationError, match="ingest the recordings again"):
+        evaluate(saved, synth_dataset, tmp_path / "eval", load_config())
+
+
+def test_release_bundles_a_passed_model_and_refuses_a_failed_one(tmp_path, small_model,
+                                                                 synth_dataset):
+    lenient = ["evaluate.gate_macro_f1=0", "evaluate.gate_search_map=0",
+               "evaluate.gate_anomaly_auc=-1", "evaluate.map_method=pca"]
+    strict = ["evaluate.gate_macro_f1=1.01", "evaluate.map_method=pca"]
+    passed = evaluate(small_model, synth_dataset, tmp_path / "ok", load_config(None, lenient))
+    failed = evaluate(small_model, synth_dataset, tmp_path / "no", load_config(None, strict))
+    assert not failed.passed
+    with pytest.raises(EvaluationError, match="gate failed"):
+        make_release(small_model, tmp_path / "no", tmp_path / "release-no")
+    if not passed.passed:     # anomaly AUC is nan when the test split has no anomaly
+        pytest.skip(f"the tiny test split cannot pass any gate: {passed.gate}")
+    card = make_release(small_model, tmp_path / "ok", tmp_path / "release")
+    assert card["gate"]["passed"] and card["dataset_id"] == card["evaluated_on"]
+    assert set(card["files"]) == {p.name for p in (tmp_path / "release").iterdir()} - {
+        "release.json"}
+
+
+def test_probe_features_are_audio_then_video():
+    emb = clustered()
+    x = probe_features(emb)
+    assert x.shape == (len(emb.clips), emb.audio.shape[1] + emb.video.shape[1])
+    assert np.array_equal(x[:, :16], emb.audio)

@@ -1,0 +1,28 @@
+"""The science grid at --quick size: every method and seed runs, the table is generated
+into its block of the results file, and a rerun reuses finished runs."""
+
+import numpy as np
+
+from sempair.experiment import BASELINES, BEGIN, END, METHODS, run_experiment
+
+
+def test_quick_grid_writes_the_table_and_keeps_the_analysis(tmp_path):
+    results = tmp_path / "results.md"
+    results.write_text(f"# Results\n\nanalysis before\n\n{BEGIN}\nstale\n{END}\n\nanalysis after\n")
+    first = run_experiment(tmp_path / "work", None, [], quick=True, results=results)
+
+    seeds = (0, 1)
+    assert len(first.runs) == (len(BASELINES) + len(METHODS)) * len(seeds)
+    assert set(first.runs["method"]) == {*BASELINES, *METHODS}
+    assert np.isfinite(first.runs["localization_accuracy"]).all()
+    text = results.read_text()
+    assert "analysis before" in text and "analysis after" in text and "stale" not in text
+    assert "| `epg` |" in text and "EPG / exact-time InfoNCE" in text
+    assert "sempair experiment OUT --quick" in text and " ± " in text
+
+    model = tmp_path / "work" / "runs" / "epg-seed0" / "model" / "model.pt"
+    stamp = model.stat().st_mtime_ns
+    again = run_experiment(tmp_path / "work", None, [], quick=True, results=results)
+    assert model.stat().st_mtime_ns == stamp, "a finished run must be reused, not retrained"
+    assert again.runs["localization_accuracy"].tolist() == \
+        first.runs["localization_accuracy"].tolist()
