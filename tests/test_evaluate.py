@@ -11,8 +11,8 @@ from sempair.cli import main
 from sempair.config import load_config
 from sempair.dataset import ClipDataset
 from sempair.evaluate import EvaluationError, evaluate, gate, score
-from sempair.evaluate.anomaly import anomaly_metrics, fit_scorer
-from sempair.evaluate.embeddings import Embeddings, handcrafted
+from sempair.evaluate.anomaly import AnomalyScorer, anomaly_metrics, fit_scorer
+from sempair.evaluate.embeddings import Embeddings, encode, handcrafted, load_encoders
 from sempair.evaluate.pairs import relation_quality
 from sempair.evaluate.probe import Probe, localization, probe_features
 from sempair.evaluate.release import make_release
@@ -142,6 +142,13 @@ def test_evaluate_command_writes_metrics_report_and_a_usable_probe(tmp_path, sma
     assert summary.metrics["localization_accuracy"] == pytest.approx(
         metrics["localization_accuracy"])
     assert set(probe.classes) >= set(summary.localization.predicted)
+    # ... and so is the anomaly scorer: reloaded, it scores the test clips the same way
+    scorer = AnomalyScorer.load(out / "anomaly.npz")
+    emb = encode(load_encoders(small_model)[0], ClipDataset(synth_dataset), 64)
+    test = emb.rows("test")
+    reloaded = scorer.scores(emb.audio[test], emb.video[test])["combined"]
+    _, original = anomaly_metrics(emb, fit_scorer(emb, scorer.k))
+    assert np.allclose(reloaded, original["combined"], atol=1e-4)
 
 
 def test_evaluate_refuses_a_model_trained_on_other_features(tmp_path, small_model,

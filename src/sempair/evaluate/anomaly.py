@@ -46,6 +46,14 @@ class AnomalyScorer:
                  names=np.array(names),
                  calibration=np.array([self.calibration[n] for n in names]))
 
+    @classmethod
+    def load(cls, path) -> AnomalyScorer:
+        with np.load(path) as f:
+            calibration = {str(name): (float(mean), float(std))
+                           for name, (mean, std) in zip(f["names"], f["calibration"],
+                                                        strict=True)}
+            return cls(f["reference"], int(f["k"]), bool(f["cross_modal"]), calibration)
+
 
 def fit_scorer(emb: Embeddings, k: int) -> AnomalyScorer:
     """Reference = the train split; calibration from its leave-one-out scores."""
