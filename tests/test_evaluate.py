@@ -13,7 +13,7 @@ from sempair.dataset import ClipDataset
 from sempair.evaluate import EvaluationError, evaluate, gate, score
 from sempair.evaluate.anomaly import AnomalyScorer, anomaly_metrics, fit_scorer
 from sempair.evaluate.embeddings import Embeddings, encode, handcrafted, load_encoders
-from sempair.evaluate.pairs import relation_quality
+from sempair.evaluate.pairs import agreement, relation_quality
 from sempair.evaluate.probe import Probe, localization, probe_features
 from sempair.evaluate.release import make_release
 from sempair.evaluate.search import event_search, rank
@@ -96,6 +96,8 @@ def test_pair_quality_counts_match_the_definitions():
     precision, recall = relation_quality(partners, labels)
     assert precision == pytest.approx(2 / 6)       # 6 directed edges, 2 with the same label
     assert recall == pytest.approx(2 / 6)          # car: 3·2 = 6 ordered same-event pairs
+    recording = np.array([0, 0, 1, 1, 1])
+    assert agreement(partners, recording) == pytest.approx(4 / 6)   # (1,3) crosses
 
 
 def test_hand_made_features_have_no_cross_modal_tasks(synth_dataset, cfg):

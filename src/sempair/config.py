@@ -124,6 +124,7 @@ class ExperimentConfig:
     seconds: float
     seeds: tuple[int, ...]
     epochs: int
+    methods: tuple[str, ...]
     jobs: int
 
 

@@ -9,9 +9,15 @@ same-event pairs — same label, not background — that are positives), and the
 false-negative rate (share of a random batch's negative pairs that are the same event).
 `pairs_mined_precision` is the precision of the mined pairs alone (what DESIGN §1 found
 predicts whether EPG helps), `pairs_base_rate` the precision random pairing would get.
+`pairs_mined_same_recording` is the share of mined pairs whose clips come from one
+recording, against `pairs_same_recording_base` for random pairs: far above the base, the
+mining follows what a recording shares (light, weather, ambient level) — the drift
+shortcut — rather than the event.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pandas as pd
@@ -24,16 +30,20 @@ from sempair.pairing import Partners, mine_dataset, pair_quality, temporal_partn
 BACKGROUND = "background"
 
 
+def agreement(partners: Partners, values: np.ndarray) -> float:
+    """Share of a relation's pairs whose two clips have the same value (label, recording)."""
+    src = np.repeat(np.arange(len(partners)), np.diff(partners.indptr))
+    return float((values[src] == values[partners.indices]).mean()) if len(src) else math.nan
+
+
 def relation_quality(partners: Partners, labels: np.ndarray) -> tuple[float, float]:
     """(precision, recall) of a relation against same-label / same-event pairs."""
     src = np.repeat(np.arange(len(partners)), np.diff(partners.indptr))
-    same = labels[src] == labels[partners.indices]
-    event = labels[src] != BACKGROUND
+    same_event = (labels[src] == labels[partners.indices]) & (labels[src] != BACKGROUND)
     _, counts = np.unique(labels[labels != BACKGROUND], return_counts=True)
     event_pairs = (counts * (counts - 1)).sum()             # ordered, like the CSR edges
-    precision = float(same.mean()) if len(src) else float("nan")
-    recall = float((same & event).sum() / event_pairs) if event_pairs else float("nan")
-    return precision, recall
+    recall = float(same_event.sum() / event_pairs) if event_pairs else math.nan
+    return agreement(partners, labels), recall
 
 
 def batch_false_negatives(partners: Partners, labels: np.ndarray, batches: int,
@@ -50,23 +60,27 @@ def batch_false_negatives(partners: Partners, labels: np.ndarray, batches: int,
 
 def pair_metrics(emb: Embeddings, t: TrainConfig, batches: int, batch_size: int) -> dict:
     """-> pairs_{temporal,epg}_{precision,recall,fn_rate}, pairs_mined_precision,
-    pairs_base_rate (train split)."""
+    pairs_base_rate, pairs_mined_same_recording, pairs_same_recording_base (train split)."""
     train = emb.rows("train")
     clips = emb.clips.iloc[train]
     labels = clips["label"].to_numpy().astype(str)
     recording = pd.factorize(clips["recording"])[0]
     temporal = temporal_partners(recording, clips["clip"].to_numpy(np.int64),
                                  t.temporal_tolerance)
-    relations, mined_precision = {"temporal": temporal}, float("nan")
+    relations, mined_precision, mined_same_recording = {"temporal": temporal}, math.nan, math.nan
     if emb.cross_modal:
         mined = mine_dataset(torch.from_numpy(emb.video[train]),
                              torch.from_numpy(emb.audio[train]), t.rule,
                              t.k, t.threshold, recording if t.cross_recording_only else None)
         relations["epg"] = _union(temporal, mined)
-        mined_precision = relation_quality(mined, labels)[0]
+        mined_precision = agreement(mined, labels)
+        mined_same_recording = agreement(mined, recording)
     _, counts = np.unique(labels, return_counts=True)
+    _, lengths = np.unique(recording, return_counts=True)
     metrics = {"pairs_base_rate": float(((counts / counts.sum()) ** 2).sum()),
-               "pairs_mined_precision": mined_precision}
+               "pairs_mined_precision": mined_precision,
+               "pairs_mined_same_recording": mined_same_recording,
+               "pairs_same_recording_base": float(((lengths / lengths.sum()) ** 2).sum())}
     for name in ("temporal", "epg"):
         if name not in relations:
             metrics |= {f"pairs_{name}_{m}": float("nan")
