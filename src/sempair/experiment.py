@@ -105,11 +105,16 @@ def run_experiment(out: str | Path, params: Path | None, overrides: list[str], *
     jobs = [(name, seed) for seed in cfg.experiment.seeds for name in METHODS
             if name in cfg.experiment.methods]
     threads = max(1, (os.cpu_count() or 1) // cfg.experiment.jobs)
+    # each run's whole config is resolved here: workers never re-read params.yaml, so an
+    # edit to it during a long grid cannot change (or break) the runs still to come
+    configs = [load_config(params, [*overrides, *METHODS[name], f"train.seed={seed}",
+                                    f"train.threads={threads}",
+                                    f"train.epochs={cfg.experiment.epochs}"])
+               for name, seed in jobs]
     with ProcessPoolExecutor(cfg.experiment.jobs, mp_context=get_context("forkserver")) as pool:
-        futures = [pool.submit(_train_and_score, name, seed, params,
-                               [*overrides, f"train.epochs={cfg.experiment.epochs}"], dataset,
-                               out / "runs" / f"{name}-seed{seed}", threads)
-                   for name, seed in jobs]
+        futures = [pool.submit(_train_and_score, name, seed, run_cfg, dataset,
+                               out / "runs" / f"{name}-seed{seed}")
+                   for (name, seed), run_cfg in zip(jobs, configs, strict=True)]
         for done, future in enumerate(futures, 1):
             rows.append(future.result())
             if progress:
@@ -166,8 +171,8 @@ def _baselines(dataset: Path, cfg: Config) -> list[dict]:
     return rows
 
 
-def _train_and_score(method: str, seed: int, params: Path | None, overrides: list[str],
-                     dataset: Path, run_dir: Path, threads: int) -> dict:
+def _train_and_score(method: str, seed: int, cfg: Config, dataset: Path,
+                     run_dir: Path) -> dict:
     """One grid cell, in a worker process; a finished cell is read back, not redone."""
     import torch
 
@@ -179,13 +184,10 @@ def _train_and_score(method: str, seed: int, params: Path | None, overrides: lis
     done = run_dir / "metrics.json"
     if done.exists():
         return {k: math.nan if v is None else v for k, v in json.loads(done.read_text()).items()}
-    torch.set_num_threads(threads)
-    cfg = load_config(params, [*overrides, *METHODS[method], f"train.seed={seed}",
-                               f"train.threads={threads}"])
+    torch.set_num_threads(cfg.train.threads)
     summary = train(dataset, run_dir / "model", cfg, resume=True)
     model, _ = load_encoders(run_dir / "model")
-    data = ClipDataset(dataset)
-    metrics = score(encode(model, data, cfg.evaluate.batch_size), cfg).metrics
+    metrics = score(encode(model, ClipDataset(dataset), cfg.evaluate.batch_size), cfg).metrics
     row = {"method": method, "seed": seed, "train_seconds": summary.seconds, **metrics}
     done.write_text(json.dumps(json_safe(row), indent=2) + "\n")
     return row
