@@ -91,6 +91,9 @@ def test_resume_refuses_another_config_and_fresh_run_refuses_old_output(tmp_path
               resume=True)
     with pytest.raises(TrainingError, match="--resume"):
         train(synth_dataset, tmp_path / "m", small("train.epochs=1"))
+    # sections that do not shape training (here the evaluation gate) may change
+    train(synth_dataset, tmp_path / "m", small("train.epochs=1", "evaluate.gate_macro_f1=0.9"),
+          resume=True)
 
 
 def test_non_finite_loss_stops_with_advice(tmp_path, synth_dataset, monkeypatch):

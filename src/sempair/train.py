@@ -50,6 +50,7 @@ from sempair.pairing import (
 )
 
 CHECKPOINT, LOG, WEIGHTS = "checkpoint.pt", "log.jsonl", "model.pt"
+RESUME_SECTIONS = ("model", "train")   # what a resumed run must share with its checkpoint
 
 
 class TrainingError(SempairError):
@@ -412,8 +413,9 @@ def train(dataset: str | Path, out: str | Path, cfg: Config, *, resume: bool = F
 def _load_checkpoint(path: Path, model, optimizer, scheduler, cfg: Config,
                      data: ClipDataset):
     state = torch.load(path, map_location="cpu", weights_only=False)
-    if state["config"] != cfg.to_dict():
-        changed = sorted(f"{section}.{key}" for section, values in cfg.to_dict().items()
+    ours = {section: cfg.to_dict()[section] for section in RESUME_SECTIONS}
+    if {section: state["config"].get(section) for section in RESUME_SECTIONS} != ours:
+        changed = sorted(f"{section}.{key}" for section, values in ours.items()
                          for key, value in values.items()
                          if state["config"].get(section, {}).get(key) != value)
         raise TrainingError(f"cannot resume {path}: the config differs ({', '.join(changed)});"
