@@ -269,6 +269,13 @@ def _verdict(mean: pd.DataFrame, std: pd.DataFrame) -> list[str]:
         lines.append(f"- EPG / {name}: localization accuracy **{ratio:.2f}×** (target ≥ "
                      f"1.10×: {'met' if ratio >= 1.10 else 'not met'}); EPG − {name}: "
                      + ", ".join(verdicts) + ".")
+    variants = [m for m in mean.index if m.startswith("epg")]
+    if "temporal-exact" in mean.index and variants:
+        base = mean.at["temporal-exact", "localization_accuracy"]
+        ratios = ", ".join(f"`{m}` {mean.at[m, 'localization_accuracy'] / base:.2f}×"
+                           for m in variants)
+        lines.append(f"- Every EPG variant, localization accuracy / exact-time InfoNCE: "
+                     f"{ratios} (the best of several variants on one split is flattered).")
     return lines or ["(EPG or a temporal baseline is missing from this run.)"]
 
 
