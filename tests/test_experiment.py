@@ -2,6 +2,7 @@
 into its block of the results file, and a rerun reuses finished runs."""
 
 import numpy as np
+import pytest
 
 from sempair.config import load_config
 from sempair.experiment import BASELINES, BEGIN, END, METHODS, run_experiment
@@ -28,3 +29,9 @@ def test_quick_grid_writes_the_table_and_keeps_the_analysis(tmp_path):
     assert model.stat().st_mtime_ns == stamp, "a finished run must be reused, not retrained"
     assert again.runs["localization_accuracy"].tolist() == \
         first.runs["localization_accuracy"].tolist()
+
+
+def test_unknown_method_is_refused_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="known: temporal-exact"):
+        run_experiment(tmp_path / "work", None, ["experiment.methods=[epg, nope]"], quick=True)
+    assert not (tmp_path / "work").exists()

@@ -96,12 +96,12 @@ def run_experiment(out: str | Path, params: Path | None, overrides: list[str], *
     overrides = [*QUICK, *overrides] if quick else list(overrides)
     cfg = load_config(params, overrides)
     out = Path(out).absolute()
-    dataset = _prepare_data(out, cfg, progress)
-    rows = _baselines(dataset, cfg)
     unknown = set(cfg.experiment.methods) - METHODS.keys()
     if unknown:
         raise ValueError(f"experiment.methods: unknown {sorted(unknown)}; known: "
                          f"{', '.join(METHODS)}")
+    dataset = _prepare_data(out, cfg, progress)
+    rows = _baselines(dataset, cfg)
     jobs = [(name, seed) for seed in cfg.experiment.seeds for name in METHODS
             if name in cfg.experiment.methods]
     threads = max(1, (os.cpu_count() or 1) // cfg.experiment.jobs)
@@ -116,7 +116,11 @@ def run_experiment(out: str | Path, params: Path | None, overrides: list[str], *
                                out / "runs" / f"{name}-seed{seed}")
                    for (name, seed), run_cfg in zip(jobs, configs, strict=True)]
         for done, future in enumerate(futures, 1):
-            rows.append(future.result())
+            try:
+                rows.append(future.result())
+            except BaseException:   # stop the queued runs instead of waiting for them all
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
             if progress:
                 row = rows[-1]
                 print(f"[{done}/{len(jobs)}] {row['method']} seed {row['seed']}: accuracy "
