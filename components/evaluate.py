@@ -33,7 +33,7 @@ def evaluate(
     summary = run_evaluate(model.path, dataset.path, evaluation.path, load_config(None, overrides))
     print(summary)
     for name, value in summary.metrics.items():
-        if isinstance(value, float) and not math.isnan(value):   # nan: undefined, left out
+        if isinstance(value, int | float) and math.isfinite(value):   # nan: undefined
             metrics.log_metric(name, round(value, 4))
     located = summary.localization
     confusion.log_confusion_matrix(located.classes, located.confusion.tolist())
