@@ -1,6 +1,7 @@
 """The trainer end to end on a small synthetic dataset: modes, outputs, resume, DDP."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -148,8 +149,8 @@ def test_resume_tolerates_a_cut_log_line_and_a_finished_run(tmp_path, synth_data
     assert summary_file.read_text() == before                    # nothing re-run
 
 
-def test_supervised_upper_bound_uses_labels_and_needs_them(tmp_path, synth_dataset):
+def test_supervised_upper_bound_trains_and_refuses_the_one_positive_loss(tmp_path, synth_dataset):
     summary = train(synth_dataset, tmp_path / "sup", small("train.pairing=supervised"))
-    assert summary.steps > 0 and summary.final_loss == summary.final_loss   # finite
+    assert summary.steps > 0 and math.isfinite(summary.final_loss)
     with pytest.raises(Exception, match="infonce"):
         small("train.pairing=supervised", "train.loss=infonce")

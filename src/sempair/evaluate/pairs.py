@@ -23,11 +23,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from sempair.annotations import BACKGROUND
 from sempair.config import TrainConfig
 from sempair.evaluate.embeddings import Embeddings
 from sempair.pairing import Partners, mine_dataset, pair_quality, temporal_partners
-
-BACKGROUND = "background"
 
 
 def agreement(partners: Partners, values: np.ndarray) -> float:

@@ -30,10 +30,11 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from sklearn.manifold import TSNE
 
+from sempair.annotations import BACKGROUND
 from sempair.dataset import ClipDataset
 from sempair.evaluate.embeddings import Embeddings
 from sempair.evaluate.probe import Localization
-from sempair.evaluate.search import BACKGROUND, Ranking
+from sempair.evaluate.search import Ranking
 
 DPI = 100
 MAP_METHODS = {"tsne": "t-SNE", "pca": "PCA"}   # --map-method -> its name in the report

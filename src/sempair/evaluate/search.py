@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sempair.annotations import BACKGROUND
 from sempair.evaluate.embeddings import Embeddings
 from sempair.knn import topk_inner_product
 
-BACKGROUND = "background"
 DIRECTIONS = {"a2v": ("audio", "video"), "v2a": ("video", "audio"), "v2v": ("video", "video")}
 QUERY_BLOCK = 256   # queries ranked at once: memory is QUERY_BLOCK × gallery size
 
