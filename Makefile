@@ -5,9 +5,11 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
 export DVC_NO_ANALYTICS := 1
+# DVC's site cache inside the project, not /var/tmp/dvc
+export DVC_SITE_CACHE_DIR := $(CURDIR)/.dvc/site-cache
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv demo test lint format compile bench lock clean
+.PHONY: venv demo demo-s3 test lint format compile bench lock clean repro push pull
 
 # torch first, alone and exact (any other spec pulls a multi-GB CUDA build), then
 # everything else in one resolve against the lock.
@@ -23,6 +25,18 @@ venv: $(STAMP)
 
 demo: venv  ## synthetic recordings -> the Kubeflow pipeline, run locally
 	$(PY) -m pipelines.local --synth --workdir runs/demo
+
+demo-s3: venv  ## the same, reading and publishing through a local S3-protocol server
+	$(PY) -m pipelines.local --synth --s3 --workdir runs/demo-s3
+
+repro: venv  ## the DVC pipeline (dvc.yaml) on params.yaml
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dvc repro
+
+push: venv  ## DVC outputs -> the S3 remote (endpoint: .dvc/config.local or AWS_ENDPOINT_URL)
+	$(VENV)/bin/dvc push
+
+pull: venv  ## the S3 remote -> this checkout's data, models and reports
+	$(VENV)/bin/dvc pull
 
 test: venv  ## the whole test suite
 	$(PY) -m pytest

@@ -13,19 +13,28 @@ def ingest(
     source: str,
     dataset: Output[Dataset],
     report: Output[Markdown],
+    store: str = "",
     overrides: list = [],  # noqa: B006 - KFP parameters are declared with literal defaults
 ) -> NamedTuple("IngestOutputs", clips=int, recordings=int, quarantined=int, dataset_id=str):
-    """Cut the recordings under `source` into clips; see `sempair ingest --help`."""
+    """Cut the recordings under `source` (a folder or s3:// URI) into clips; with a `store`
+    (folder or s3:// URI) the dataset is also published to STORE/datasets/<dataset_id>/.
+    See `sempair ingest --help`."""
     from collections import namedtuple
 
     from sempair.config import load_config
     from sempair.ingest import ingest as run_ingest
+    from sempair.storage import publish
 
     summary = run_ingest(source, dataset.path, load_config(None, overrides), overwrite=True)
     print(summary)
     dataset.metadata.update({"dataset_id": summary.dataset_id, "clips": summary.clips,
                              "recordings": summary.recordings, "source": source,
                              "splits": summary.splits})
+    if store:
+        uri = f"{store.rstrip('/')}/datasets/{summary.dataset_id}"
+        publish(dataset.path, uri, marker="meta.json")
+        dataset.metadata["uri"] = uri
+        print(f"published the dataset to {uri}")
     with open(report.path, "w") as handle:
         handle.write(summary.markdown())
     outputs = namedtuple("IngestOutputs", "clips recordings quarantined dataset_id")

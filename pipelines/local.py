@@ -1,7 +1,8 @@
-"""Run the training pipeline DAG (ingest, train, evaluate, gated release) with kfp.local.
+"""Run the training pipeline DAG (ingest, validate, train, evaluate, gated release) locally.
 
-    python -m pipelines.local --source DIR       # recordings you have
+    python -m pipelines.local --source DIR       # recordings you have (a folder or s3://)
     python -m pipelines.local --synth            # generate synthetic ones first (make demo)
+    python -m pipelines.local --synth --s3       # ... through a local S3 server (make demo-s3)
 
 Every task runs as a subprocess of this Python (SubprocessRunner(use_venv=False)): the
 components need sempair importable here, and nothing is pip-installed per task. Outputs,
@@ -20,8 +21,10 @@ import warnings
 from pathlib import Path
 
 
-def run_local(source: str | Path, workdir: Path, overrides: list[str] | None = None) -> dict:
-    """Execute the DAG on `source`; returns the pipeline's outputs."""
+def run_local(source: str | Path, workdir: Path, overrides: list[str] | None = None, *,
+              store: str = "", reference: str = "") -> dict:
+    """Execute the DAG on `source` (a folder or s3:// URI); returns the pipeline's outputs.
+    `store` and `reference` are the pipeline's parameters of the same names."""
     from kfp import local
 
     from pipelines.training import training_pipeline
@@ -33,9 +36,17 @@ def run_local(source: str | Path, workdir: Path, overrides: list[str] | None = N
         local.init(runner=local.SubprocessRunner(use_venv=False),
                    pipeline_root=str(workdir / "kfp"),
                    workspace_root=str(workdir / "workspace"), raise_on_error=True)
-        run = training_pipeline(source=str(Path(source).absolute()),
+        run = training_pipeline(source=_absolute(source), store=_absolute(store),
+                                reference=_absolute(reference),
                                 overrides=list(overrides or []))
     return dict(run.outputs)
+
+
+def _absolute(uri: str | Path) -> str:
+    """Task subprocesses run elsewhere: local paths must be absolute, URIs stay as they are."""
+    from sempair.storage import is_remote
+
+    return str(uri) if not uri or is_remote(uri) else str(Path(uri).absolute())
 
 
 @contextlib.contextmanager
@@ -67,6 +78,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=None, help="synth.seconds")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="params.yaml overrides, passed to every step")
+    parser.add_argument("--store", default="",
+                        help="publish datasets, validation reports and models here "
+                        "(s3://bucket or a folder; endpoint and keys from AWS_* variables)")
+    parser.add_argument("--reference", default="",
+                        help="a dataset (folder or URI) to measure drift against")
+    parser.add_argument("--s3", action="store_true",
+                        help="start a throwaway S3-protocol server on 127.0.0.1, upload the "
+                        "recordings to it and use it as source and store (needs moto, a dev "
+                        "dependency; everything on it is gone when the run ends)")
     args = parser.parse_args()
     if not (args.source or args.synth):
         parser.error("give --source DIR, or --synth to generate recordings")
@@ -82,11 +102,45 @@ def main() -> None:
                     *[f"--set={s}" for s in args.set]]):
             raise SystemExit("synth failed: see the error above")
 
-    outputs = run_local(source, args.workdir, args.set)
-    print_summary(source, args.workdir, outputs, time.perf_counter() - started)
+    with contextlib.ExitStack() as stack:
+        store = args.store
+        if args.s3:
+            source, store = stack.enter_context(_on_local_s3(source, args.workdir))
+        outputs = run_local(source, args.workdir, args.set, store=store,
+                            reference=args.reference)
+        print_summary(source, args.workdir, outputs, time.perf_counter() - started, store)
 
 
-def print_summary(source: Path, workdir: Path, outputs: dict, elapsed: float) -> None:
+@contextlib.contextmanager
+def _on_local_s3(recordings: Path, workdir: Path):
+    """Serve S3 on loopback and copy the recordings into a bucket; yields (source URI,
+    store URI) with the AWS_* variables set for this process and its tasks."""
+    from pipelines.local_s3 import run_moto
+    from sempair.storage import upload_dir
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    with run_moto(workdir / "s3-server.log") as server:
+        saved = {name: os.environ.get(name) for name in server.env}
+        os.environ.update(server.env)
+        try:
+            server.client().create_bucket(Bucket=DEMO_BUCKET)
+            upload_dir(recordings, f"s3://{DEMO_BUCKET}/recordings", marker=None)
+            print(f"S3 server at {server.endpoint}: recordings uploaded to "
+                  f"s3://{DEMO_BUCKET}/recordings")
+            yield f"s3://{DEMO_BUCKET}/recordings", f"s3://{DEMO_BUCKET}"
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+
+DEMO_BUCKET = "sempair-demo"
+
+
+def print_summary(source: Path | str, workdir: Path, outputs: dict, elapsed: float,
+                  store: str = "") -> None:
     import pandas as pd
 
     from sempair.dataset import read_meta
@@ -103,6 +157,12 @@ def print_summary(source: Path, workdir: Path, outputs: dict, elapsed: float) ->
     splits = ", ".join(f"{k} {v}" for k, v in counts["splits"].items())
     print(f"clips        {counts['clips']} ({splits})")
     print(f"dataset      {dataset} (id {meta['dataset_id']})")
+    validation = Path(outputs["validation"].path)
+    checked = json.loads((validation / "validation.json").read_text())
+    warned = [c for c in checked["checks"] if not c["success"]]
+    print(f"validation   passed {len(checked['checks'])} checks"
+          + (f", {len(warned)} warnings: " + "; ".join(c["problem"] for c in warned)
+             if warned else "") + f"; Data Docs {validation / 'data_docs' / 'index.html'}")
     model = Path(outputs["model"].path)
     trained = json.loads((model / "summary.json").read_text())
     config = json.loads((model / "config.json").read_text())["train"]
@@ -126,7 +186,15 @@ def print_summary(source: Path, workdir: Path, outputs: dict, elapsed: float) ->
     released = bundles and bundles[-1].stat().st_mtime >= time.time() - elapsed
     print("release      " + (str(bundles[-1].parent) if outputs["passed"] and released
                              else "held back by the gate (see evaluate.gate_* in params.yaml)"))
+    card = json.loads((model / "model_card.json").read_text())
+    print(f"model card   version {card['model']['version']}, validation "
+          f"{card['validation']['status']}; `sempair audit {model}`")
     print(f"outputs      {workdir.absolute() / 'kfp'}")
+    if store:
+        from sempair.lineage import audit_store, format_audit
+
+        print(f"store        {store}: `sempair audit --store {store}/models`")
+        print("\n" + format_audit(audit_store(f"{store}/models")))
     print(f"elapsed      {elapsed:.1f} s")
 
 

@@ -1,7 +1,9 @@
-"""The training pipeline DAG: ingest -> train -> evaluate -> [gate] -> release.
+"""The training pipeline DAG: ingest -> validate -> train -> evaluate -> [gate] -> release.
 
-The release step runs only when the evaluation's gate passed (evaluate.gate_* thresholds
-in params.yaml); deploy steps hang off the same gate. Compile with
+Validation fails the run on a critical data problem, so nothing trains on bad data. The
+release step runs only when the evaluation's gate passed (evaluate.gate_* thresholds in
+params.yaml); deploy steps hang off the same gate. With a `store` (s3:// or a folder),
+the dataset, the validation report, the model and the release are published there. Compile with
 `python -m pipelines.compile`; run locally with `python -m pipelines.local`.
 """
 
@@ -15,6 +17,7 @@ from components.evaluate import evaluate
 from components.ingest import ingest
 from components.release import release
 from components.train import train
+from components.validate import validate
 from sempair.config import load_config
 
 PIPELINE = load_config().pipeline
@@ -22,8 +25,10 @@ PIPELINE = load_config().pipeline
 
 class PipelineOutputs(NamedTuple):
     dataset: Dataset
+    validation: Artifact
     model: Model
     evaluation: Artifact
+    version: str        # the model's version: STORE/models/<name>/<version>/
     clips: int
     quarantined: int
     passed: bool        # the evaluation gate's decision; its checks: evaluation.json
@@ -34,15 +39,27 @@ class PipelineOutputs(NamedTuple):
               f"with embedding-based pair generation. Components run in {BASE_IMAGE}.")
 def training_pipeline(
     source: str,
+    store: str = "",
+    reference: str = "",
     overrides: list = [],  # noqa: B006 - KFP parameters are declared with literal defaults
 ) -> PipelineOutputs:
-    """source: folder (or, on a cluster, object-store URI) of recordings.
+    """source: folder or s3:// URI of recordings.
+    store: where datasets, validation reports and models are published (s3://bucket or a
+      folder; empty: only the pipeline's own artifacts).
+    reference: a dataset (folder or URI) to check drift against; empty: no drift check.
     overrides: params.yaml overrides, e.g. ["ingest.clip_seconds=2.0"]."""
-    ingested = ingest(source=source, overrides=overrides)
+    ingested = ingest(source=source, store=store, overrides=overrides)
     ingested.set_display_name("ingest recordings")
     ingested.set_cpu_request("2").set_memory_request("4G").set_memory_limit("8G")
 
-    trained = train(dataset=ingested.outputs["dataset"], overrides=overrides)
+    validated = validate(dataset=ingested.outputs["dataset"], reference=reference, store=store,
+                         overrides=overrides)
+    validated.set_display_name("validate data")
+    validated.set_cpu_request("1").set_memory_request("2G").set_memory_limit("4G")
+
+    trained = train(dataset=ingested.outputs["dataset"],
+                    validation=validated.outputs["validation"], store=store,
+                    overrides=overrides)
     trained.set_display_name("train encoders")
     trained.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
     trained.set_cpu_request("4").set_memory_request("16G").set_memory_limit("32G")
@@ -54,12 +71,15 @@ def training_pipeline(
 
     with dsl.If(evaluated.outputs["Output"] == True, name="evaluation-gate"):  # noqa: E712
         released = release(model=trained.outputs["model"],
-                           evaluation=evaluated.outputs["evaluation"])
+                           evaluation=evaluated.outputs["evaluation"], store=store,
+                           version=trained.outputs["version"], overrides=overrides)
         released.set_display_name("release model")
         released.set_cpu_request("1").set_memory_request("1G").set_memory_limit("2G")
 
     return PipelineOutputs(dataset=ingested.outputs["dataset"],
+                           validation=validated.outputs["validation"],
                            model=trained.outputs["model"],
+                           version=trained.outputs["version"],
                            evaluation=evaluated.outputs["evaluation"],
                            clips=ingested.outputs["clips"],
                            quarantined=ingested.outputs["quarantined"],

@@ -9,6 +9,8 @@ import pytest
 
 from sempair.config import Config, load_config
 
+pytest_plugins = ["tests.s3_server"]
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # a tiny model and schedule: the trainer's real code paths in seconds

@@ -4,6 +4,7 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 import yaml
 
 from pipelines.compile import COMPILED, compile_pipeline
@@ -35,28 +36,62 @@ LENIENT_GATE = ["evaluate.gate_macro_f1=0", "evaluate.gate_search_map=0",
                 "evaluate.gate_anomaly_auc=-1", "evaluate.map_method=pca"]
 
 
-def test_local_kfp_run_ingests_trains_evaluates_and_releases(tmp_path, synth_source):
+def test_a_local_run_on_s3_reads_a_bucket_and_publishes_data_and_models(
+        tmp_path, synth_source, s3_server, s3_env):
+    from sempair.lineage import audit_store
+    from sempair.storage import upload_dir
+
+    bucket = s3_env
+    upload_dir(synth_source, f"s3://{bucket}/recordings", marker=None)
     tmpdir_before = os.environ.get("TMPDIR")
-    outputs = run_local(synth_source, tmp_path / "run",
-                        ["ingest.workers=1", *TRAIN_SMALL, *LENIENT_GATE])
+    outputs = run_local(f"s3://{bucket}/recordings", tmp_path / "run",
+                        ["ingest.workers=1", *TRAIN_SMALL, *LENIENT_GATE],
+                        store=f"s3://{bucket}")
+    assert os.environ.get("TMPDIR") == tmpdir_before      # restored after the run
     meta = read_meta(outputs["dataset"].path)
     assert outputs["clips"] == meta["counts"]["clips"] > 0
     assert outputs["quarantined"] == 0
+    assert meta["source"] == f"s3://{bucket}/recordings"
     assert outputs["dataset"].metadata["dataset_id"] == meta["dataset_id"]
-    assert os.environ.get("TMPDIR") == tmpdir_before      # restored after the run
-    model = outputs["model"]
-    lineage = json.loads((Path(model.path) / "dataset.json").read_text())
-    assert lineage["dataset_id"] == meta["dataset_id"] == model.metadata["dataset_id"]
-    assert (Path(model.path) / "model.pt").exists()
-    evaluation = Path(outputs["evaluation"].path)
-    metrics = json.loads((evaluation / "metrics.json").read_text())
+
+    # validation: a passed report, as an artifact and on the store
+    validation = outputs["validation"]
+    assert validation.metadata["passed"] is True
+    assert (Path(validation.path) / "data_docs" / "index.html").is_file()
+    html = list((tmp_path / "run" / "kfp").glob("**/validate/data_docs"))
+    assert html and "<html" in html[0].read_text().lower()
+
+    # the store: dataset, validation report, model with its card, release
+    keys = {o["Key"] for o in s3_server.client().list_objects_v2(
+        Bucket=bucket, MaxKeys=1000)["Contents"]}
+    dataset_id, version = meta["dataset_id"], outputs["version"]
+    assert f"datasets/{dataset_id}/meta.json" in keys
+    assert f"datasets/{dataset_id}/manifest.parquet" in keys
+    assert f"validation/{dataset_id}/validation.json" in keys
+    model_prefix = f"models/sempair-av/{version}"
+    assert {f"{model_prefix}/model.pt", f"{model_prefix}/model_card.json",
+            f"{model_prefix}/release/release.json",
+            f"{model_prefix}/release/model_card.json"} <= keys
     assert outputs["passed"] is True
-    assert "localization_macro_f1" in outputs["evaluation"].metadata["gate"]
-    assert 0 <= metrics["localization_accuracy"] <= 1
-    released = list((tmp_path / "run" / "kfp").glob("**/release.json"))
-    assert len(released) == 1, "the gate passed, so the release step must have run"
-    card = json.loads(released[0].read_text())
-    assert card["dataset_id"] == meta["dataset_id"] and card["gate"]["passed"]
+
+    card = json.loads((Path(outputs["model"].path) / "model_card.json").read_text())
+    assert card["data"]["uri"] == f"s3://{bucket}/datasets/{dataset_id}"
+    assert card["validation"]["status"] == "passed"
+    [entry] = audit_store(f"s3://{bucket}/models")
+    assert (entry.dataset_id, entry.validation, entry.released) == (dataset_id, "passed", True)
+    assert entry.uri == f"s3://{bucket}/{model_prefix}"
+
+
+def test_bad_data_stops_the_run_at_validation(tmp_path, synth_source):
+    with pytest.raises(RuntimeError, match="validate"):
+        run_local(synth_source, tmp_path / "run",
+                  ["ingest.workers=1", *TRAIN_SMALL, "validate.min_train_clips=100000"])
+    assert not list((tmp_path / "run" / "kfp").glob("**/train/model/model.pt")), \
+        "nothing may train on data that failed validation"
+    [report] = (tmp_path / "run" / "kfp").glob("**/validate/validation/validation.json")
+    failed = [c for c in json.loads(report.read_text())["checks"] if not c["success"]]
+    assert [c["severity"] for c in failed] == ["critical"]
+    assert "train" in failed[0]["problem"]
 
 
 def test_a_failed_gate_holds_the_release_back(tmp_path, synth_source):

@@ -8,13 +8,17 @@ configuration.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from sempair import SempairError, __version__
 from sempair.config import Config, ConfigError, load_config
+from sempair.storage import fetch, is_remote, publish
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -39,16 +43,38 @@ def cmd_synth(args: argparse.Namespace) -> None:
 def cmd_ingest(args: argparse.Namespace) -> None:
     from sempair.ingest import ingest
 
-    summary = ingest(args.source, args.out, _config(args), workers=args.workers,
-                     overwrite=args.overwrite, progress=not args.quiet)
+    with _output(args.out, marker="meta.json") as out:
+        summary = ingest(args.source, out, _config(args), workers=args.workers,
+                         overwrite=args.overwrite or is_remote(args.out),
+                         progress=not args.quiet)
     print(summary)
+
+
+def cmd_validate(args: argparse.Namespace) -> None:
+    from sempair.validation import validate_dataset
+
+    dataset = _input(args.dataset, marker="meta.json")
+    reference = _input(args.reference, marker="meta.json") if args.reference else None
+    with _output(args.out, marker="validation.json") as out:
+        result = validate_dataset(dataset, out, _config(args).validate, reference=reference)
+    print(result.summary_markdown())
+    print(f"report: {args.out}/validation.html, Great Expectations Data Docs: "
+          f"{args.out}/data_docs/index.html")
+    result.raise_for_failures()
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     from sempair.train import train
 
-    summary = train(args.dataset, args.out, _config(args), resume=args.resume,
-                    progress=not args.quiet)
+    if args.resume and is_remote(args.out):
+        raise SempairError("--resume needs a local OUT (the checkpoint lives there): train "
+                           "into a folder, then `sempair`-publish it or copy it to the store")
+    dataset = _input(args.dataset, marker="meta.json")
+    validation = _input(args.validation, marker="validation.json") if args.validation else None
+    with _output(args.out, marker="model_card.json") as out:
+        summary = train(dataset, out, _config(args), resume=args.resume,
+                        progress=not args.quiet, validation=validation,
+                        dataset_uri=args.dataset if is_remote(args.dataset) else None)
     if int(os.environ.get("RANK", "0")) == 0:   # one summary under torchrun
         print(summary)
 
@@ -56,9 +82,46 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from sempair.evaluate import evaluate
 
-    summary = evaluate(args.model, args.dataset, args.out, _config(args),
-                       report=not args.no_report)
+    model = _input(args.model, marker="model_card.json")
+    dataset = _input(args.dataset, marker="meta.json")
+    with _output(args.out, marker="evaluation.json") as out:
+        summary = evaluate(model, dataset, out, _config(args), report=not args.no_report)
     print(summary)
+
+
+def cmd_audit(args: argparse.Namespace) -> None:
+    from sempair import lineage
+
+    if bool(args.model) == bool(args.store):
+        raise SempairError("give a MODEL folder/URI, or --store URI for every model in a "
+                           "models prefix (not both)")
+    if args.model:
+        card = lineage.read_card(args.model)
+        print(json.dumps(card, indent=2) if args.json
+              else lineage.format_rows(lineage.card_rows(card)))
+        return
+    entries = lineage.audit_store(args.store)
+    print(json.dumps([dataclasses.asdict(e) | {"flagged": e.flagged} for e in entries],
+                     indent=2) if args.json else lineage.format_audit(entries))
+
+
+def _input(uri: str, marker: str) -> Path:
+    """A local folder for URI: itself, or a verified download of an s3:// folder."""
+    return fetch(uri, marker=marker)
+
+
+@contextlib.contextmanager
+def _output(uri: str, marker: str):
+    """Write into a local folder; for an s3:// URI, a staging folder published at the end
+    (MARKER last, so readers never see half a folder)."""
+    if not is_remote(uri):
+        yield Path(uri)
+        return
+    with tempfile.TemporaryDirectory(prefix="sempair-out-") as staging:
+        out = Path(staging) / "out"
+        yield out
+        publish(out, uri, marker=marker)
+        print(f"published {uri}")
 
 
 def cmd_experiment(args: argparse.Namespace) -> None:
@@ -84,10 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="sempair", description="Audio-visual representation learning for surveillance "
-        "recordings: synthetic data, ingestion, training (temporal or embedding-based pair "
-        "generation), evaluation and the experiment grid; serving next. Every command reads "
-        "params.yaml; see "
-        "`sempair COMMAND --help`.")
+        "recordings: synthetic data, ingestion, validation, training (temporal or "
+        "embedding-based pair generation), evaluation, lineage audit and the experiment "
+        "grid. Paths may be s3:// URIs (endpoint and credentials from the AWS_* environment "
+        "variables). Every command reads params.yaml; see `sempair COMMAND --help`.")
     parser.add_argument("--version", action="version", version=f"sempair {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -122,9 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
         "per-clip labels for evaluation. The output appears only when complete.",
         epilog="Example, 2 s clips every second at 4 fps: sempair ingest data/rec "
         "data/clips --set ingest.clip_seconds=2.0 --set features.fps=4")
-    ingest.add_argument("source", help="folder of recordings (a recording's id is its path "
-                        "relative to this folder)")
-    ingest.add_argument("out", help="dataset folder to create")
+    ingest.add_argument("source", help="folder or s3://bucket/prefix of recordings (a "
+                        "recording's id is its path relative to it)")
+    ingest.add_argument("out", help="dataset folder (or s3:// URI) to create")
     ingest.add_argument("--workers", type=int, default=None,
                         help="processes, one recording each (default: ingest.workers; 0 = "
                         "one per core)")
@@ -141,11 +204,46 @@ def build_parser() -> argparse.ArgumentParser:
         "dataset.json (the data's id and checksum), log.jsonl and a checkpoint per epoch. "
         "Runs on CUDA when available; for DDP start it with `torchrun --nproc_per_node N "
         "-m sempair.cli train ...`. Labels, if any, are only used for log diagnostics.")
-    train.add_argument("dataset", help="clip dataset folder (from `sempair ingest`)")
-    train.add_argument("out", help="model folder to write")
+    train.add_argument("dataset", help="clip dataset folder or s3:// URI (from `sempair "
+                       "ingest`)")
+    train.add_argument("out", help="model folder (or s3:// URI) to write")
     train.add_argument("--resume", action="store_true",
                        help="continue the run in OUT from its last checkpoint")
+    train.add_argument("--validation", metavar="DIR",
+                       help="`sempair validate` output for DATASET: its verdict goes into "
+                       "the model card (without it the card says validation was skipped, "
+                       "and `sempair audit` flags the model)")
     train.set_defaults(func=cmd_train)
+
+    validate = sub.add_parser(
+        "validate", parents=[common], help="Great Expectations checks of a clip dataset",
+        description="Check DATASET with Great Expectations suites kept in sempair: the "
+        "recordings table (schema, duplicate checksums, durations, codecs and rates, "
+        "quarantine share), the clips (schema, nulls, finite statistics, plausible loudness "
+        "and brightness, silent and black shares, no recording in two splits, enough clips "
+        "per split), the annotations (known labels, start < end within the recording) and "
+        "file integrity against meta.json; with --reference, drift of the clip statistics. "
+        "Thresholds are the `validate` section of params.yaml. Writes OUT/validation.json, "
+        "validation.md, validation.html and the Data Docs site OUT/data_docs/. Exits 1 and "
+        "lists the problems when a critical check fails; warnings only print.")
+    validate.add_argument("dataset", help="clip dataset folder or s3:// URI")
+    validate.add_argument("out", help="folder (or s3:// URI) for the validation report")
+    validate.add_argument("--reference", metavar="DATASET",
+                          help="an earlier dataset version to measure drift against")
+    validate.set_defaults(func=cmd_validate)
+
+    audit = sub.add_parser(
+        "audit", help="which data trained a model, and did it pass validation",
+        description="Print a model's card: its dataset (id, checksum, DVC version), source "
+        "and recordings digest, validation verdict, config, code version and metrics. With "
+        "--store, list every model under a models prefix with the data version it was "
+        "trained on, flagging models whose data failed or skipped validation.",
+        epilog="Examples: sempair audit models/encoders; sempair audit --store "
+        "s3://sempair/models")
+    audit.add_argument("model", nargs="?", help="model or release folder, or its s3:// URI")
+    audit.add_argument("--store", metavar="URI", help="a models prefix (s3:// or a folder)")
+    audit.add_argument("--json", action="store_true", help="machine-readable output")
+    audit.set_defaults(func=cmd_audit)
 
     evaluate = sub.add_parser(
         "evaluate", parents=[common], help="score frozen encoders on the test split",
@@ -158,9 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(temporal vs EPG positives at the model's embeddings). Writes OUT/metrics.json, "
         "evaluation.json (with the deploy gate's decision; thresholds are evaluate.gate_*), "
         "probe.npz, anomaly.npz and report.html.")
-    evaluate.add_argument("model", help="model folder (from `sempair train`)")
-    evaluate.add_argument("dataset", help="labelled clip dataset (from `sempair ingest`)")
-    evaluate.add_argument("out", help="folder for metrics and the report")
+    evaluate.add_argument("model", help="model folder or s3:// URI (from `sempair train`)")
+    evaluate.add_argument("dataset", help="labelled clip dataset folder or s3:// URI")
+    evaluate.add_argument("out", help="folder (or s3:// URI) for metrics and the report")
     evaluate.add_argument("--no-report", action="store_true",
                           help="metrics only: skip report.html and its figures")
     evaluate.set_defaults(func=cmd_evaluate)

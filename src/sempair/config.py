@@ -72,6 +72,23 @@ class IngestConfig:
 
 
 @dataclass(frozen=True)
+class ValidateConfig:
+    max_quarantined_share: float
+    silence_dbfs: float
+    max_silent_share: float
+    black_brightness: float
+    max_black_share: float
+    loudness_dbfs: tuple[float, ...]
+    brightness: tuple[float, ...]
+    plausible_share: float
+    min_train_clips: int
+    min_test_clips: int
+    labels: tuple[str, ...]
+    drift_max_kl: float
+    drift_fail: bool
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     dim: int
     audio_widths: tuple[int, ...]
@@ -131,6 +148,7 @@ class ExperimentConfig:
 @dataclass(frozen=True)
 class PipelineConfig:
     name: str
+    model_name: str
     base_image: str
     train_image: str
 
@@ -140,6 +158,7 @@ class Config:
     synth: SynthConfig
     features: FeatureConfig
     ingest: IngestConfig
+    validate: ValidateConfig
     model: ModelConfig
     train: TrainConfig
     evaluate: EvaluateConfig

@@ -38,7 +38,7 @@ from sempair.config import Config, FeatureConfig, IngestConfig
 from sempair.dataset import FORMAT, FORMAT_VERSION, NpyAppender
 from sempair.features import clip_stats, log_mel
 from sempair.media import ClipReader, MediaError
-from sempair.storage import open_source, sha256_file
+from sempair.storage import StorageError, open_source, sha256_file
 
 OK, PARTIAL, QUARANTINED = "ok", "partial", "quarantined"
 SPLITS = ("train", "val", "test")
@@ -104,8 +104,10 @@ def ingest(source: str | Path, out: str | Path, cfg: Config, *, workers: int | N
         raise IngestError(f"no recordings in {src.uri}: no file ends in one of "
                           f"{sorted(exts)} ({len(ignored)} other files); add recordings or "
                           "extend ingest.extensions")
-    events_path = Path(src.uri) / annotations.EVENTS_FILE
-    events = annotations.read_events(events_path) if events_path.is_file() else None
+    events = None
+    if src.exists(annotations.EVENTS_FILE):
+        with src.local_copy(annotations.EVENTS_FILE) as events_path:
+            events = annotations.read_events(events_path)
 
     tmp = _fresh_tmp_dir(out)
     try:
@@ -115,6 +117,8 @@ def ingest(source: str | Path, out: str | Path, cfg: Config, *, workers: int | N
         if manifest.empty:
             reasons = "\n".join(f"  {r.recording}: {r.error}" for r in recordings.itertuples())
             raise IngestError(f"nothing in {src.uri} could be ingested:\n{reasons}")
+        if events is not None:   # kept with the clips: validation and audits read them
+            events.to_csv(tmp / annotations.EVENTS_FILE, index=False)
         meta = _write_tables(tmp, recordings, manifest, cfg, src.uri, events is not None)
         _move_into_place(tmp, out)
     finally:
@@ -167,43 +171,13 @@ def _ingest_recording(job: _Job) -> _Result:
            "audio_codec": "", "sample_rate": 0, "channels": 0}
     result = _Result(row)
     try:
-        with src.open(job.recording) as handle:
-            row["sha256"] = sha256_file(handle)
-            row["size_bytes"] = handle.tell()
-        if row["size_bytes"] == 0:
-            row["error"] = "empty file (0 bytes): the copy or the recording failed; copy it again"
-            return result
-        shards = _Shards(Path(job.shard_dir), job.index, job.ingest.shard_clips)
-        with ClipReader(str(src.path(job.recording)), job.features, job.ingest.clip_seconds,
-                        job.ingest.hop_seconds, threads=job.threads) as reader:
-            row.update(asdict(reader.info))
-            for batch in reader:
-                logmel = log_mel(batch.audio, job.features).numpy()   # [B, n_mels, T_a]
-                stats = clip_stats(batch.audio, logmel, batch.frames)
-                places = shards.append(logmel.astype(np.float16), batch.frames)
-                for j, (shard, shard_row) in enumerate(places):
-                    start = float(batch.starts[j])
-                    result.clips.append({
-                        "clip": len(result.clips), "start": start,
-                        "end": start + job.ingest.clip_seconds, "shard": shard,
-                        "row": shard_row, **{k: float(v[j]) for k, v in stats.items()}})
-            result.shard_sha256 = shards.close()
-            row["ingested_seconds"] = reader.decoded_seconds
-            problems = reader.problems
-        row["clips"] = len(result.clips)
-        if not result.clips:
-            length = row["duration"]
-            problems = problems or [f"shorter than one clip ({length:.2f} s < "
-                                    f"{job.ingest.clip_seconds} s)"]
-            row["status"], row["error"] = QUARANTINED, "; ".join(problems)
-        elif problems:
-            row["status"] = PARTIAL
-            row["error"] = "; ".join(problems) + (f"; ingested {len(result.clips)} clips "
-                                                  f"({reader.decoded_seconds:.1f} s)")
-        else:
-            row["status"] = OK
+        # an s3:// recording is downloaded (checksum verified) for the decoder, then deleted
+        with src.local_copy(job.recording) as path:
+            _decode_recording(path, job, result)
     except MediaError as error:
         row["error"] = str(error)
+    except StorageError:        # the store failed, not the file: stop, quarantine nothing
+        raise
     except Exception as error:  # a decoder bug must not stop the other recordings
         row["error"] = (f"unexpected failure ({type(error).__name__}: {error}); please report "
                         f"it with this file. {traceback.format_exc(limit=2).strip()}")
@@ -212,6 +186,46 @@ def _ingest_recording(job: _Job) -> _Result:
             path.unlink()
         result.clips, result.shard_sha256 = [], {}
     return result
+
+
+def _decode_recording(path: Path, job: _Job, result: _Result) -> None:
+    """Hash, probe and cut one local file into shards; fills `result` in place."""
+    row = result.recording
+    with open(path, "rb") as handle:
+        row["sha256"] = sha256_file(handle)
+        row["size_bytes"] = handle.tell()
+    if row["size_bytes"] == 0:
+        row["error"] = "empty file (0 bytes): the copy or the recording failed; copy it again"
+        return
+    shards = _Shards(Path(job.shard_dir), job.index, job.ingest.shard_clips)
+    with ClipReader(str(path), job.features, job.ingest.clip_seconds,
+                    job.ingest.hop_seconds, threads=job.threads) as reader:
+        row.update(asdict(reader.info))
+        for batch in reader:
+            logmel = log_mel(batch.audio, job.features).numpy()   # [B, n_mels, T_a]
+            stats = clip_stats(batch.audio, logmel, batch.frames)
+            places = shards.append(logmel.astype(np.float16), batch.frames)
+            for j, (shard, shard_row) in enumerate(places):
+                start = float(batch.starts[j])
+                result.clips.append({
+                    "clip": len(result.clips), "start": start,
+                    "end": start + job.ingest.clip_seconds, "shard": shard,
+                    "row": shard_row, **{k: float(v[j]) for k, v in stats.items()}})
+        result.shard_sha256 = shards.close()
+        row["ingested_seconds"] = reader.decoded_seconds
+        problems = reader.problems
+    row["clips"] = len(result.clips)
+    if not result.clips:
+        length = row["duration"]
+        problems = problems or [f"shorter than one clip ({length:.2f} s < "
+                                f"{job.ingest.clip_seconds} s)"]
+        row["status"], row["error"] = QUARANTINED, "; ".join(problems)
+    elif problems:
+        row["status"] = PARTIAL
+        row["error"] = "; ".join(problems) + (f"; ingested {len(result.clips)} clips "
+                                              f"({reader.decoded_seconds:.1f} s)")
+    else:
+        row["status"] = OK
 
 
 class _Shards:

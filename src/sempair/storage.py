@@ -1,19 +1,441 @@
-"""Where recordings come from: one small interface over local folders (and, next, s3://).
+"""Where data lives: local folders and `s3://bucket/prefix`, behind one small interface.
 
-A source is a root; a recording's id is its path relative to that root, with `/` as the
-separator whatever the platform. Callers only list, stat, open and hash by id.
+Sources (recordings): a source is a root; a recording's id is its path relative to that root,
+with `/` as the separator whatever the platform. Callers list, stat, open and hash by id;
+`local_copy` gives a seekable local file (an S3 object is downloaded, verified, and deleted
+afterwards).
+
+Folders (datasets, models): `publish` / `fetch` copy a whole folder to or from a URI. A folder
+is complete only once its marker file (meta.json) exists: it is written last and checked
+first, so a reader never sees half a dataset.
+
+S3 speaks to any S3-compatible server (MinIO, Ceph, AWS) through the `minio` SDK. Connection
+settings come from the environment only (the variables boto3 and DVC read, see
+`S3Settings.from_env`). Every transfer is verified against the sha256 stored as object
+metadata at upload; transient failures are retried with exponential backoff and jitter.
+See docs/storage.md.
 """
 
 from __future__ import annotations
 
+import builtins
+import contextlib
+import functools
 import hashlib
+import io
+import json
+import logging
+import mimetypes
 import os
-from dataclasses import dataclass
+import random
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, TypeVar
+from urllib.parse import urlsplit
+
+import certifi
+import urllib3
+from minio import Minio
+from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
+from minio.helpers import check_bucket_name
+
+from sempair import SempairError
 
 HASH_BLOCK = 1 << 20  # read files in 1 MiB blocks: bounded memory whatever their size
+MIB = 1 << 20
+MIN_PART_SIZE = 5 * MIB   # the S3 minimum for every multipart part but the last
+SHA256_META = "sha256"    # stored as the object metadata header x-amz-meta-sha256
+MARKER = "meta.json"      # a folder is complete once this file exists
 
+# S3 error codes worth another try; anything else the server says is final
+TRANSIENT_CODES = frozenset({
+    "SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "Throttling",
+    "ThrottlingException", "RequestLimitExceeded", "TooManyRequests"})
+CREDENTIAL_CODES = frozenset({
+    "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
+    "TokenRefreshRequired", "AuthorizationHeaderMalformed"})
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class StorageError(SempairError):
+    """The object store or a folder cannot be used as asked; the message says how to fix it."""
+
+
+class NotFoundError(StorageError, FileNotFoundError):
+    """No object (or file) at that URI: a FileNotFoundError too, whatever the backend."""
+
+
+# -- settings --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class S3Settings:
+    """Where the object store is and who we are: from the environment, never from files."""
+
+    endpoint: str                                        # http(s)://host[:port]
+    access_key: str
+    secret_key: str = field(repr=False)
+    session_token: str | None = field(default=None, repr=False)
+    region: str = "us-east-1"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> S3Settings:
+        """Read AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, optional
+        AWS_SESSION_TOKEN and AWS_REGION (default us-east-1): the variables boto3 and DVC
+        read, so one set (or one Kubernetes Secret) drives both."""
+        env = os.environ if env is None else env
+        names = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+        missing = [name for name in names if not env.get(name)]
+        if missing:
+            raise StorageError(f"s3:// needs the object store's settings: set {', '.join(missing)}"
+                               " in the environment (on Kubernetes, from the storage Secret)")
+        return cls(env["AWS_ENDPOINT_URL"].rstrip("/"), env["AWS_ACCESS_KEY_ID"],
+                   env["AWS_SECRET_ACCESS_KEY"], env.get("AWS_SESSION_TOKEN") or None,
+                   env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1")
+
+    def __post_init__(self):
+        parts = urlsplit(self.endpoint)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path.strip("/"):
+            raise StorageError(f"AWS_ENDPOINT_URL={self.endpoint!r} is not an endpoint; set it "
+                               "to http(s)://host[:port], e.g. http://minio.storage:9000")
+
+    @property
+    def secure(self) -> bool:
+        return self.endpoint.startswith("https://")
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.endpoint).netloc
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """How hard to try and how big the pieces are."""
+
+    retries: int = 5               # further attempts after a transient failure
+    backoff: float = 0.5           # seconds before the first retry; doubles each time, jittered
+    backoff_max: float = 20.0      # seconds, at most, between two attempts
+    part_size: int = 16 * MIB      # multipart part size: larger files upload in parts
+    connect_timeout: float = 10.0  # seconds
+    read_timeout: float = 120.0    # seconds without a byte before a request counts as failed
+    workers: int = 4               # files transferred at once by upload_dir / download_dir
+
+    def __post_init__(self):
+        if self.part_size < MIN_PART_SIZE:
+            raise ValueError(f"part_size {self.part_size} is below S3's minimum of 5 MiB")
+
+    def delay(self, attempt: int) -> float:
+        """Exponential backoff with jitter: half fixed, half random, so clients spread out."""
+        ceiling = min(self.backoff_max, self.backoff * 2 ** attempt)
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+TRANSFER = Transfer()
+
+
+# -- URIs ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class S3Uri:
+    bucket: str
+    prefix: str = ""   # no leading or trailing '/'; '' is the bucket's root
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+
+    def key(self, relative: str) -> str:
+        """The object key of a path relative to this prefix (which it may not leave)."""
+        parts = PurePosixPath(relative).parts
+        if not parts or relative.startswith("/") or ".." in parts:
+            raise ValueError(f"{relative!r} is not a path inside {self}")
+        return "/".join(p for p in (self.prefix, *parts) if p)
+
+    @property
+    def folder(self) -> str:
+        """The listing prefix of everything below: 'prefix/' ('' for the bucket)."""
+        return f"{self.prefix}/" if self.prefix else ""
+
+
+def is_remote(uri: str | Path) -> bool:
+    return str(uri).startswith("s3://")
+
+
+def parse_s3_uri(uri: str) -> S3Uri:
+    """`s3://bucket/some/prefix/` -> S3Uri('bucket', 'some/prefix')."""
+    if not is_remote(uri):
+        raise StorageError(f"{uri!r} is not an s3:// URI; write s3://bucket/prefix")
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    if not bucket:
+        raise StorageError(f"{uri!r} names no bucket; write s3://bucket/prefix")
+    try:
+        check_bucket_name(bucket)
+    except ValueError as error:
+        raise StorageError(f"{uri!r}: {error}; a bucket name is 3-63 lowercase letters, "
+                           "digits, dots and hyphens") from None
+    return S3Uri(bucket, "/".join(p for p in prefix.split("/") if p))
+
+
+def _local(uri: str | Path) -> Path:
+    text = str(uri)
+    scheme, sep, _ = text.partition("://")
+    if sep and scheme != "file":
+        raise StorageError(f"unsupported URI {text!r}: use a local path or s3://bucket/prefix")
+    return Path(text.removeprefix("file://"))
+
+
+# -- one bucket ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    etag: str
+    sha256: str | None = None   # from stat only: listings do not carry metadata
+
+
+class S3Store:
+    """One bucket: list, stat, transfer files and small texts, every transfer verified."""
+
+    def __init__(self, bucket: str, settings: S3Settings | None = None,
+                 transfer: Transfer = TRANSFER):
+        self.bucket = bucket
+        self.settings = settings or S3Settings.from_env()
+        self.transfer = transfer
+        self.client = Minio(self.settings.host, self.settings.access_key,
+                            self.settings.secret_key, self.settings.session_token,
+                            secure=self.settings.secure, region=self.settings.region,
+                            http_client=_http_client(transfer))
+
+    def uri(self, key: str = "") -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        """Every object whose key starts with `prefix`, sorted by key."""
+        objects = self._call(f"listing {self.uri(prefix)}", lambda: builtins.list(
+            self.client.list_objects(self.bucket, prefix=prefix or None, recursive=True)))
+        return sorted((ObjectInfo(o.object_name, o.size or 0, o.etag or "")
+                       for o in objects if not o.is_dir), key=lambda o: o.key)
+
+    def stat(self, key: str) -> ObjectInfo:
+        stat = self._call(f"reading {self.uri(key)}",
+                          lambda: self.client.stat_object(self.bucket, key))
+        return ObjectInfo(key, stat.size or 0, stat.etag or "",
+                          stat.metadata.get(f"x-amz-meta-{SHA256_META}"))
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.stat(key)
+        except NotFoundError:
+            return False
+        return True
+
+    def delete(self, key: str) -> None:
+        self._call(f"deleting {self.uri(key)}",
+                   lambda: self.client.remove_object(self.bucket, key))
+
+    def upload(self, path: str | Path, key: str) -> str:
+        """Upload a file (in parts when larger than part_size); returns its verified sha256."""
+        path = Path(path)
+        with open(path, "rb") as handle:
+            digest = sha256_file(handle)
+        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        self._call(f"uploading {path} to {self.uri(key)}", lambda: self.client.fput_object(
+            self.bucket, key, str(path), content_type=content_type,
+            metadata={SHA256_META: digest}, part_size=self.transfer.part_size))
+        self._check_stored(key, path.stat().st_size, digest)
+        return digest
+
+    def download(self, key: str, dest: str | Path) -> str:
+        """Download to `dest` via a temp name, then rename; returns the verified sha256."""
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        part = dest.with_name(f".{dest.name}.part-{os.getpid()}-{threading.get_ident()}")
+        try:
+            digest = self._call(f"downloading {self.uri(key)}",
+                                lambda: self._get(key, functools.partial(open, part, "wb")))
+            os.replace(part, dest)
+        finally:
+            part.unlink(missing_ok=True)
+        return digest
+
+    def read_bytes(self, key: str) -> bytes:
+        def attempt() -> bytes:
+            buffer = io.BytesIO()
+            self._get(key, lambda: contextlib.nullcontext(buffer))
+            return buffer.getvalue()
+
+        return self._call(f"downloading {self.uri(key)}", attempt)
+
+    def write_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream"
+                    ) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        self._call(f"uploading to {self.uri(key)}", lambda: self.client.put_object(
+            self.bucket, key, io.BytesIO(data), len(data), content_type=content_type,
+            metadata={SHA256_META: digest}))
+        self._check_stored(key, len(data), digest)
+        return digest
+
+    def read_text(self, key: str) -> str:
+        return self.read_bytes(key).decode()
+
+    def write_text(self, key: str, text: str) -> str:
+        content_type = mimetypes.guess_type(key)[0] or "text/plain"
+        return self.write_bytes(key, text.encode(), content_type)
+
+    # -- verification ------------------------------------------------------------------
+
+    def _get(self, key: str, open_out: Callable[[], contextlib.AbstractContextManager]) -> str:
+        """One GET into a fresh output, hashed on the way; the stored sha256 must match."""
+        response = self.client.get_object(self.bucket, key)
+        try:
+            digest = hashlib.sha256()
+            with open_out() as out:
+                for block in response.stream(HASH_BLOCK, decode_content=False):
+                    digest.update(block)
+                    out.write(block)
+            expected = response.headers.get(f"x-amz-meta-{SHA256_META}")
+        finally:
+            response.close()
+            response.release_conn()
+        if expected and expected != digest.hexdigest():
+            raise StorageError(f"{self.uri(key)} failed its checksum: its bytes hash to sha256 "
+                               f"{digest.hexdigest()[:12]}…, not the {expected[:12]}… recorded "
+                               "at upload; the object is corrupt: upload it again")
+        return digest.hexdigest()
+
+    def _check_stored(self, key: str, size: int, digest: str) -> None:
+        stored = self.stat(key)
+        if stored.size != size or stored.sha256 != digest:
+            raise StorageError(f"{self.uri(key)} did not verify after upload (size "
+                               f"{stored.size} vs {size}, sha256 {stored.sha256} vs {digest}); "
+                               "something else wrote it meanwhile: upload it again")
+
+    # -- retries and errors ------------------------------------------------------------
+
+    def _call(self, what: str, action: Callable[[], T]) -> T:
+        """Run `action` (one S3 operation), retrying transient failures; any failure
+        becomes a StorageError that says what to fix."""
+        for attempt in range(self.transfer.retries + 1):
+            try:
+                return action()
+            except Exception as error:
+                if not _transient(error) or attempt == self.transfer.retries:
+                    explained = self._explain(error, what, attempts=attempt + 1)
+                    if explained is error:
+                        raise
+                    raise explained from error
+                delay = self.transfer.delay(attempt)
+                log.warning("%s failed (%s); retry %d of %d in %.1f s", what, _short(error),
+                            attempt + 1, self.transfer.retries, delay)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _explain(self, error: Exception, what: str, attempts: int = 1) -> Exception:
+        endpoint = self.settings.endpoint
+        code = getattr(error, "code", None)
+        if _is_connection_error(error):
+            return StorageError(f"cannot reach the object store at {endpoint}: "
+                                f"{_connection_reason(error)} ({attempts} attempts); check "
+                                "AWS_ENDPOINT_URL and that the server runs")
+        if isinstance(error, urllib3.exceptions.SSLError):
+            return StorageError(f"TLS with {endpoint} failed ({error}); check the endpoint's "
+                                "certificate, or point SSL_CERT_FILE at its CA bundle")
+        if code in CREDENTIAL_CODES:
+            return StorageError(f"the object store at {endpoint} rejected the credentials "
+                                f"({code}); check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY "
+                                "(and AWS_SESSION_TOKEN if you use one)")
+        if code == "NoSuchBucket":
+            return StorageError(f"bucket '{self.bucket}' does not exist on {endpoint}; create "
+                                "it (e.g. `mc mb`, or the k8s bucket Job)")
+        if code == "NoSuchKey":
+            return NotFoundError(f"{what}: no such object on {endpoint}")
+        if code == "AccessDenied":
+            return StorageError(f"{what}: access denied by {endpoint}; check the credentials "
+                                f"and that they may read and write bucket '{self.bucket}'")
+        if isinstance(error, S3Error):
+            return StorageError(f"{what}: the object store said {code}: {error.message}"
+                                + (f" ({attempts} attempts)" if attempts > 1 else ""))
+        if isinstance(error, InvalidResponseError | ServerError):
+            return StorageError(f"{what}: {endpoint} answered HTTP {_status(error)} "
+                                f"({attempts} attempts) and not as an S3 server would; check "
+                                "AWS_ENDPOINT_URL and the server's health")
+        return error   # ours (a checksum) or a local problem (a missing file): already clear
+
+
+def _http_client(transfer: Transfer) -> urllib3.PoolManager:
+    """urllib3 without its own retries: `S3Store._call` alone decides, predictably."""
+    return urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=transfer.connect_timeout, read=transfer.read_timeout),
+        retries=False, maxsize=max(10, 3 * transfer.workers), cert_reqs="CERT_REQUIRED",
+        ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where())
+
+
+def _status(error: Exception) -> int:
+    if isinstance(error, S3Error):
+        return error.response.status
+    if isinstance(error, ServerError):
+        return error.status_code
+    return getattr(error, "_code", 0)   # InvalidResponseError keeps the status private
+
+
+def _is_connection_error(error: Exception) -> bool:
+    permanent = urllib3.exceptions.SSLError | urllib3.exceptions.LocationValueError
+    return (isinstance(error, urllib3.exceptions.HTTPError | ConnectionError)
+            and not isinstance(error, permanent))
+
+
+def _transient(error: Exception) -> bool:
+    if _is_connection_error(error):
+        return True
+    if isinstance(error, S3Error):
+        return error.code in TRANSIENT_CODES or (
+            error.code not in CREDENTIAL_CODES and _status(error) in (429, *range(500, 600)))
+    return isinstance(error, MinioException) and _status(error) in (429, *range(500, 600))
+
+
+def _connection_reason(error: BaseException) -> str:
+    chain = _chain(error)
+
+    def seen(kind) -> bool:
+        return any(isinstance(e, kind) for e in chain)
+
+    if seen(ConnectionRefusedError):
+        return "connection refused"
+    if seen(urllib3.exceptions.NameResolutionError):
+        return "the host name does not resolve"
+    if any(isinstance(e, urllib3.exceptions.TimeoutError | TimeoutError)
+           and not isinstance(e, urllib3.exceptions.NewConnectionError) for e in chain):
+        return "timed out"
+    if seen(urllib3.exceptions.ProtocolError | ConnectionError):
+        return "the connection was dropped"
+    return _short(error)
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    """An error and its causes (urllib3 keeps some in `.reason`)."""
+    chain: list[BaseException] = []
+    todo: list[object] = [error]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, BaseException) and all(item is not e for e in chain):
+            chain.append(item)
+            todo += [getattr(item, "reason", None), item.__cause__, item.__context__]
+    return chain
+
+
+def _short(error: BaseException) -> str:
+    code = getattr(error, "code", None)
+    return f"{type(error).__name__} {code}" if code else f"{type(error).__name__}: {error}"
+
+
+# -- recordings: sources ---------------------------------------------------------------
 
 @dataclass(frozen=True)
 class SourceFile:
@@ -26,6 +448,9 @@ class Source(Protocol):
 
     def list(self) -> list[SourceFile]: ...
     def open(self, file_id: str) -> BinaryIO: ...
+    def path(self, file_id: str) -> Path: ...
+    def exists(self, file_id: str) -> bool: ...
+    def local_copy(self, file_id: str) -> contextlib.AbstractContextManager[Path]: ...
 
 
 class LocalSource:
@@ -59,16 +484,257 @@ class LocalSource:
             raise ValueError(f"{file_id!r} points outside the source {self.root}")
         return path
 
+    def exists(self, file_id: str) -> bool:
+        return self.path(file_id).is_file()
 
-def open_source(uri: str | Path) -> LocalSource:
-    """The Source behind a URI: a local path today; `s3://bucket/prefix` joins it here."""
-    text = str(uri)
-    scheme, sep, _ = text.partition("://")
-    if sep and scheme != "file":
-        raise ValueError(f"unsupported source {text!r}: only local folders are readable in "
-                         "this version (s3:// support comes with the storage module's S3 "
-                         "backend); copy the recordings to a local folder")
-    return LocalSource(text.removeprefix("file://"))
+    @contextlib.contextmanager
+    def local_copy(self, file_id: str) -> Iterator[Path]:
+        """The file itself: it is local already."""
+        path = self.path(file_id)
+        if not path.is_file():
+            raise FileNotFoundError(f"{file_id} is not in {self.uri}")
+        yield path
+
+
+class S3Source:
+    """Objects under `s3://bucket/prefix`; ids are keys relative to the prefix. Names with a
+    hidden (dot) component are skipped, as locally. Decoders get verified local copies."""
+
+    def __init__(self, uri: str, cache_dir: str | Path | None = None,
+                 store: S3Store | None = None):
+        self.location = parse_s3_uri(uri)
+        self.uri = str(self.location)
+        self.store = store or S3Store(self.location.bucket)
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self._paths: dict[str, Path] = {}
+
+    def list(self) -> list[SourceFile]:
+        files = []
+        for obj in self.store.list(self.location.folder):
+            file_id = obj.key.removeprefix(self.location.folder)
+            if file_id.endswith("/") or any(p.startswith(".") for p in file_id.split("/")):
+                continue
+            files.append(SourceFile(file_id, obj.size))
+        return files
+
+    def open(self, file_id: str) -> BinaryIO:
+        return open(self.path(file_id), "rb")
+
+    def path(self, file_id: str) -> Path:
+        """A verified local copy in the cache folder, downloaded once per source object;
+        prefer `local_copy`, which removes it afterwards."""
+        path = self._paths.get(file_id)
+        if path is None or not path.is_file():
+            key = self.location.key(file_id)
+            path = self.cache_dir / self.location.bucket / key
+            self.store.download(key, path)
+            self._paths[file_id] = path
+        return path
+
+    def exists(self, file_id: str) -> bool:
+        return self.store.exists(self.location.key(file_id))
+
+    @contextlib.contextmanager
+    def local_copy(self, file_id: str) -> Iterator[Path]:
+        """A verified download in a private temp folder under the cache, deleted on exit."""
+        if file_id in self._paths and self._paths[file_id].is_file():
+            yield self._paths[file_id]
+            return
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="copy-", dir=self.cache_dir) as folder:
+            path = Path(folder) / PurePosixPath(file_id).name
+            self.store.download(self.location.key(file_id), path)
+            yield path
+
+
+def default_cache_dir() -> Path:
+    """$XDG_CACHE_HOME/sempair/s3 (~/.cache/sempair/s3): where S3 downloads land."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "sempair" / "s3"
+
+
+def open_source(uri: str | Path) -> LocalSource | S3Source:
+    """The Source behind a URI: `s3://bucket/prefix` (settings from the environment, so
+    worker processes open it alike), else a local folder (`file://` allowed)."""
+    if is_remote(uri):
+        return S3Source(str(uri))
+    try:
+        return LocalSource(_local(uri))
+    except StorageError as error:
+        raise ValueError(str(error)) from None
+
+
+# -- folders: publish and fetch, behind a commit marker ----------------------------------
+
+def upload_dir(local_dir: str | Path, uri: str, marker: str | None = MARKER,
+               store: S3Store | None = None) -> None:
+    """Make `uri` an exact copy of `local_dir` (objects the folder lacks are deleted).
+
+    The old marker goes first and the new one last, so readers see either the old complete
+    folder, an incomplete one (refused), or the new complete one.
+    """
+    local_dir, target = Path(local_dir), parse_s3_uri(uri)
+    if not target.prefix:
+        raise StorageError(f"{uri} is a whole bucket; publish to a prefix, s3://bucket/name")
+    files = _files(local_dir)
+    if marker is not None and marker not in files:
+        raise StorageError(f"{local_dir} has no {marker}, so it is not complete; finish "
+                           "writing it before publishing")
+    store = store or S3Store(target.bucket)
+    existing = {o.key for o in store.list(target.folder)}
+    marker_key = target.key(marker) if marker else None
+    if marker_key in existing:
+        store.delete(marker_key)
+    _parallel(store.transfer.workers, [
+        (lambda rel=rel: store.upload(local_dir / rel, target.key(rel)))
+        for rel in files if rel != marker])
+    for stale in sorted(existing - {target.key(rel) for rel in files}):
+        store.delete(stale)
+    if marker_key:
+        store.upload(local_dir / marker, marker_key)
+
+
+def download_dir(uri: str, local_dir: str | Path, marker: str | None = MARKER,
+                 store: S3Store | None = None) -> Path:
+    """Download a complete folder (refused without its marker), every file verified, into a
+    hidden sibling that then replaces `local_dir`."""
+    source, local_dir = parse_s3_uri(uri), Path(local_dir)
+    store = store or S3Store(source.bucket)
+    objects = _complete_listing(store, source, marker)
+    tmp = _sibling(local_dir, "partial")
+    try:
+        _parallel(store.transfer.workers, [
+            (lambda o=o: store.download(o.key, tmp / o.key.removeprefix(source.folder)))
+            for o in objects])
+        tmp.mkdir(parents=True, exist_ok=True)   # an empty folder (no marker rule) too
+        _replace_dir(tmp, local_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return local_dir
+
+
+def publish(local_dir: str | Path, uri: str | Path, marker: str | None = MARKER) -> str:
+    """Copy a finished folder to a local path or s3:// URI, replacing what was there."""
+    if is_remote(uri):
+        upload_dir(local_dir, str(uri), marker)
+        return str(uri)
+    src, dest = Path(local_dir).resolve(), _local(uri).absolute()
+    if marker is not None and not (src / marker).is_file():
+        raise StorageError(f"{src} has no {marker}, so it is not complete; finish writing it "
+                           "before publishing")
+    if dest.resolve() != src:
+        tmp = _sibling(dest, "partial")
+        try:
+            shutil.copytree(src, tmp)
+            _replace_dir(tmp, dest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(dest)
+
+
+def fetch(uri: str | Path, cache_dir: str | Path | None = None,
+          marker: str | None = MARKER) -> Path:
+    """A local folder with the contents of `uri`: a local path as-is; an s3:// folder is
+    downloaded to cache_dir/bucket/prefix (default: the download cache), or reused when
+    the remote listing is unchanged."""
+    if not is_remote(uri):
+        return _local(uri)
+    source = parse_s3_uri(str(uri))
+    store = S3Store(source.bucket)
+    local = Path(cache_dir or default_cache_dir()) / source.bucket / source.prefix
+    record = local.parent / f".{local.name}.fetched.json"
+    listing = {o.key: [o.size, o.etag] for o in _complete_listing(store, source, marker)}
+    if local.is_dir() and record.is_file() and json.loads(record.read_text()) == listing:
+        return local
+    download_dir(str(source), local, marker, store)
+    record.write_text(json.dumps(listing, indent=1) + "\n")
+    return local
+
+
+def read_text(uri: str | Path) -> str:
+    """A small text file from a local path or s3:// (NotFoundError, a FileNotFoundError,
+    when there is none)."""
+    if not is_remote(uri):
+        return _local(uri).read_text()
+    store, key = _object(str(uri))
+    return store.read_text(key)
+
+
+def write_text(uri: str | Path, text: str) -> None:
+    """Write a small text file whole (atomically: readers see the old or the new text)."""
+    if is_remote(uri):
+        store, key = _object(str(uri))
+        store.write_text(key, text)
+        return
+    path = _local(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _object(uri: str) -> tuple[S3Store, str]:
+    target = parse_s3_uri(uri)
+    if not target.prefix:
+        raise StorageError(f"{uri} names a bucket, not a file; write s3://bucket/path/file")
+    return S3Store(target.bucket), target.prefix
+
+
+def find(uri_prefix: str | Path, name: str) -> list[str]:
+    """The URIs (or paths) of every file called `name` under a prefix, sorted."""
+    if not is_remote(uri_prefix):
+        root = _local(uri_prefix)
+        return sorted(str(p) for p in root.rglob(name) if p.is_file()) if root.is_dir() else []
+    prefix = parse_s3_uri(str(uri_prefix))
+    store = S3Store(prefix.bucket)
+    return [store.uri(o.key) for o in store.list(prefix.folder)
+            if PurePosixPath(o.key).name == name]
+
+
+def _complete_listing(store: S3Store, source: S3Uri, marker: str | None) -> list[ObjectInfo]:
+    objects = [o for o in store.list(source.folder) if not o.key.endswith("/")]
+    if marker is not None and source.key(marker) not in {o.key for o in objects}:
+        raise StorageError(f"{source} is incomplete: no {marker}; an upload is still running "
+                           "or failed — re-run it")
+    return objects
+
+
+def _files(folder: Path) -> list[str]:
+    if not folder.is_dir():
+        raise StorageError(f"{folder} is not a folder; pass the folder to publish")
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+def _parallel(workers: int, tasks: list[Callable[[], object]]) -> None:
+    """Run tasks on a few threads; on a failure the rest are cancelled and it is raised."""
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        futures = [pool.submit(task) for task in tasks]
+        try:
+            for future in futures:
+                future.result()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+
+
+def _sibling(path: Path, kind: str) -> Path:
+    """A fresh hidden sibling of `path` for this process."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{kind}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    return tmp
+
+
+def _replace_dir(tmp: Path, dest: Path) -> None:
+    """Put a finished folder in place; an old one is swapped out first, then deleted."""
+    if dest.exists():
+        old = _sibling(dest, "old")
+        os.replace(dest, old)
+        os.replace(tmp, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, dest)
 
 
 def sha256_file(handle: BinaryIO) -> str:

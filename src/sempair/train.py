@@ -36,6 +36,7 @@ from tqdm import tqdm
 from sempair import SempairError, __version__, json_safe
 from sempair.config import Config
 from sempair.dataset import ClipDataset
+from sempair.lineage import build_card, validation_record, write_card
 from sempair.losses import av_loss
 from sempair.models import AVEncoders
 from sempair.pairing import (
@@ -50,6 +51,8 @@ from sempair.pairing import (
 )
 
 CHECKPOINT, LOG, WEIGHTS = "checkpoint.pt", "log.jsonl", "model.pt"
+HISTORY_COLUMNS = ("epoch", "step", "loss", "mined_precision", "base_rate",
+                   "false_negative_rate", "clips_per_second")
 RESUME_SECTIONS = ("model", "train")   # what a resumed run must share with its checkpoint
 
 
@@ -223,8 +226,13 @@ def _epoch_of(line: str) -> float:
 # -- training ----------------------------------------------------------------------------
 
 def train(dataset: str | Path, out: str | Path, cfg: Config, *, resume: bool = False,
-          progress: bool = False) -> TrainSummary:
-    """Train the encoder pair on DATASET's train split; write a model folder to OUT."""
+          progress: bool = False, validation: str | Path | None = None,
+          dataset_uri: str | None = None) -> TrainSummary:
+    """Train the encoder pair on DATASET's train split; write a model folder to OUT.
+
+    `validation` is `sempair validate`'s output for DATASET: the model card records its
+    verdict (or that validation was skipped); `dataset_uri` is where DATASET is stored.
+    """
     t = cfg.train
     rt = _runtime(t.device)
     if t.threads:
@@ -233,6 +241,7 @@ def train(dataset: str | Path, out: str | Path, cfg: Config, *, resume: bool = F
     torch.use_deterministic_algorithms(True, warn_only=True)
     out = Path(out)
     data = ClipDataset(dataset, split="train")
+    validation_record(validation, data.meta["dataset_id"])   # another dataset's: fail now
     if t.batch_size % rt.world or len(data) < t.batch_size:
         raise TrainingError(f"train.batch_size={t.batch_size} must divide by the {rt.world} "
                             f"process(es) and fit the {len(data)} training clips; lower it")
@@ -404,10 +413,22 @@ def train(dataset: str | Path, out: str | Path, cfg: Config, *, resume: bool = F
         (out / "summary.json").write_text(json.dumps(json_safe(
             {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(summary).items()}),
             indent=2, allow_nan=False) + "\n")
+        _write_history(out)
+        write_card(out, build_card(out, dataset, cfg.to_dict(), name=cfg.pipeline.model_name,
+                                   dataset_uri=dataset_uri, validation=validation,
+                                   weights=WEIGHTS))
     if rt.world > 1:
         dist.barrier()
         dist.destroy_process_group()
     return summary
+
+
+def _write_history(out: Path) -> None:
+    """history.csv: one row per epoch from log.jsonl, for `dvc plots` and spreadsheets."""
+    records = [json.loads(line) for line in (out / LOG).read_text().splitlines()]
+    epochs = pd.DataFrame([r for r in records if r.get("kind") == "epoch"])
+    columns = [c for c in HISTORY_COLUMNS if c in epochs.columns]
+    epochs[columns].to_csv(out / "history.csv", index=False)
 
 
 def _load_checkpoint(path: Path, model, optimizer, scheduler, cfg: Config,

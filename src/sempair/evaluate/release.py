@@ -3,6 +3,7 @@
     RELEASE/
       model.pt config.json dataset.json summary.json      (from `sempair train`)
       metrics.json evaluation.json probe.npz anomaly.npz report.html   (`sempair evaluate`)
+      model_card.json the training card plus the evaluation's metrics and gate (lineage)
       release.json    lineage (dataset id and checksum), the gate's checks, every file's sha256
 
 Serving loads everything from this one folder; nothing is released that failed the gate.
@@ -16,9 +17,10 @@ from pathlib import Path
 
 from sempair import __version__
 from sempair.evaluate.embeddings import EvaluationError
+from sempair.lineage import CARD, read_card, with_evaluation, write_card
 from sempair.storage import sha256_file
 
-FROM_MODEL = ("model.pt", "config.json", "dataset.json", "summary.json")
+FROM_MODEL = ("model.pt", "config.json", "dataset.json", "summary.json", CARD)
 FROM_EVALUATION = ("metrics.json", "evaluation.json", "probe.npz", "anomaly.npz", "report.html")
 
 
@@ -44,6 +46,8 @@ def make_release(model_dir: str | Path, evaluation_dir: str | Path, out: str | P
     for source in [model_dir / f for f in FROM_MODEL] + [evaluation_dir / f
                                                          for f in FROM_EVALUATION]:
         shutil.copyfile(source, out / source.name)
+    metrics = json.loads((evaluation_dir / "metrics.json").read_text())
+    write_card(out, with_evaluation(read_card(model_dir), evaluation, metrics))
     card = {"dataset_id": lineage["dataset_id"], "dataset_checksum": lineage["checksum"],
             "source": lineage["source"], "evaluated_on": evaluation["dataset"],
             "gate": evaluation["gate"], "sempair_version": __version__,

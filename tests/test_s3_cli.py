@@ -1,0 +1,53 @@
+"""The CLI on s3:// paths: recordings from a bucket, dataset, report and model into buckets."""
+
+import json
+import os
+
+import pytest
+
+from sempair.cli import main as sempair
+from sempair.storage import upload_dir
+from tests.conftest import TRAIN_SMALL
+
+SMALL_VALIDATION = ["--set", "validate.min_train_clips=8", "--set", "validate.min_test_clips=4"]
+
+
+@pytest.mark.slow
+def test_ingest_validate_train_and_audit_through_a_bucket(synth_source, s3_server, s3_env,
+                                                          capsys):
+    bucket = f"s3://{s3_env}"
+    upload_dir(synth_source, f"{bucket}/recordings", marker=None)
+
+    assert sempair(["ingest", f"{bucket}/recordings", f"{bucket}/datasets/a", "-q",
+                    "--workers", "1"]) == 0
+    assert sempair(["validate", f"{bucket}/datasets/a", f"{bucket}/validation/a", "-q",
+                    *SMALL_VALIDATION]) == 0
+    overrides = [arg for item in TRAIN_SMALL for arg in ("--set", item)]
+    assert sempair(["train", f"{bucket}/datasets/a", f"{bucket}/models/m/1", "-q",
+                    "--validation", f"{bucket}/validation/a", *overrides]) == 0
+    capsys.readouterr()
+
+    client = s3_server.client()
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket=s3_env)["Contents"]}
+    assert {"datasets/a/meta.json", "datasets/a/events.csv",
+            "validation/a/validation.json", "validation/a/data_docs/index.html",
+            "models/m/1/model.pt", "models/m/1/model_card.json"} <= keys
+    card = json.loads(client.get_object(Bucket=s3_env, Key="models/m/1/model_card.json")
+                      ["Body"].read())
+    assert card["data"]["uri"] == f"{bucket}/datasets/a"
+    assert card["data"]["source"] == f"{bucket}/recordings"
+    assert card["validation"]["status"] == "passed"
+    # recordings were downloaded one at a time for decoding and deleted afterwards
+    cache = os.environ["XDG_CACHE_HOME"]
+    assert not [f for _, _, files in os.walk(cache) for f in files if f.endswith(".mp4")]
+
+    assert sempair(["audit", "--store", f"{bucket}/models"]) == 0
+    out = capsys.readouterr().out
+    assert card["data"]["dataset_id"] in out and "passed" in out
+    assert "failed or skipped" not in out
+
+
+def test_a_missing_bucket_is_a_clear_cli_error(s3_env, tmp_path, capsys):
+    assert sempair(["validate", "s3://no-such-bucket-here/datasets/a", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "no-such-bucket-here" in err and "does not exist" in err
