@@ -136,6 +136,23 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class ServeConfig:
+    top_k: int
+    anomaly_quantile: float
+    max_request_mb: int
+    max_media_seconds: float
+    batch_size: int
+    max_batch_delay_ms: int
+    workers: int
+    threads: int
+    host: str
+    inference_port: int
+    management_port: int
+    metrics_port: int
+    startup_timeout: float
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     recordings: int
     seconds: float
@@ -162,6 +179,7 @@ class Config:
     model: ModelConfig
     train: TrainConfig
     evaluate: EvaluateConfig
+    serve: ServeConfig
     experiment: ExperimentConfig
     pipeline: PipelineConfig
 
