@@ -24,10 +24,10 @@ $(STAMP): pyproject.toml requirements/lock.txt
 venv: $(STAMP)
 
 demo: venv  ## synthetic recordings -> the Kubeflow pipeline, run locally
-	$(PY) -m pipelines.local --synth --workdir runs/demo
+	$(PY) -m pipelines.local --synth --recordings 16 --workdir runs/demo
 
 demo-s3: venv  ## the same, reading and publishing through a local S3-protocol server
-	$(PY) -m pipelines.local --synth --s3 --workdir runs/demo-s3
+	$(PY) -m pipelines.local --synth --recordings 16 --s3 --workdir runs/demo-s3
 
 repro: venv  ## the DVC pipeline (dvc.yaml) on params.yaml
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dvc repro
@@ -54,6 +54,7 @@ bench: venv  ## benchmarks -> benchmarks/results.md (about 15 minutes on 2 cores
 	$(PY) benchmarks/ingest.py
 	$(PY) benchmarks/mining.py
 	$(PY) benchmarks/training.py
+	$(PY) benchmarks/storage.py
 
 lock: venv  ## pin today's resolve into requirements/lock.txt
 	(head -2 requirements/lock.txt; $(PY) -m pip freeze --exclude-editable | grep -v '^torch==') \

@@ -1,7 +1,7 @@
 """Release step (behind the evaluation gate): one bundle with everything serving needs."""
 
 from kfp import dsl
-from kfp.dsl import Artifact, Input, Model, Output
+from kfp.dsl import Artifact, Dataset, Input, Model, Output
 
 from components import BASE_IMAGE
 
@@ -10,6 +10,7 @@ from components import BASE_IMAGE
 def release(
     model: Input[Model],
     evaluation: Input[Artifact],
+    dataset: Input[Dataset],
     bundle: Output[Model],
     store: str = "",
     version: str = "",
@@ -17,17 +18,24 @@ def release(
 ):
     """Copy the encoders and the evaluation's probe, anomaly reference and metrics into
     one folder with release.json (data lineage + gate) and the model card with its
-    evaluation; with a `store` it goes to STORE/models/<name>/<version>/release/."""
+    evaluation, plus serving/: the TorchScript encoders, the training clips' search index
+    and the calibrated anomaly threshold (sempair.serving.build_bundle). With a `store` it
+    goes to STORE/models/<name>/<version>/release/."""
+    from pathlib import Path
+
     from sempair.config import load_config
     from sempair.evaluate.release import make_release
+    from sempair.serving import build_bundle
     from sempair.storage import publish
 
+    cfg = load_config(None, overrides)
     card = make_release(model.path, evaluation.path, bundle.path)
+    build_bundle(bundle.path, dataset.path, Path(bundle.path) / "serving", cfg.serve)
     bundle.metadata.update({"dataset_id": card["dataset_id"], "released": True,
                             "version": version})
     print(f"released {bundle.path}: trained on {card['dataset_id']}, gate passed")
     if store:
-        name = load_config(None, overrides).pipeline.model_name
+        name = cfg.pipeline.model_name
         uri = f"{store.rstrip('/')}/models/{name}/{version}/release"
         publish(bundle.path, uri, marker="release.json")
         bundle.metadata["uri"] = uri

@@ -22,9 +22,11 @@ from pathlib import Path
 
 
 def run_local(source: str | Path, workdir: Path, overrides: list[str] | None = None, *,
-              store: str = "", reference: str = "") -> dict:
+              store: str = "", reference: str = "", deploy: str = "local") -> dict:
     """Execute the DAG on `source` (a folder or s3:// URI); returns the pipeline's outputs.
-    `store` and `reference` are the pipeline's parameters of the same names."""
+    `store` and `reference` are the pipeline's parameters of the same names; `deploy` its
+    deploy_target. A local deployment's TorchServe keeps running in WORKDIR/torchserve:
+    stop it with `sempair serve stop --workdir WORKDIR/torchserve` (or `stop_serving`)."""
     from kfp import local
 
     from pipelines.training import training_pipeline
@@ -37,9 +39,22 @@ def run_local(source: str | Path, workdir: Path, overrides: list[str] | None = N
                    pipeline_root=str(workdir / "kfp"),
                    workspace_root=str(workdir / "workspace"), raise_on_error=True)
         run = training_pipeline(source=_absolute(source), store=_absolute(store),
-                                reference=_absolute(reference),
+                                reference=_absolute(reference), deploy_target=deploy,
+                                serve_dir=str(serve_dir(workdir)),
                                 overrides=list(overrides or []))
     return dict(run.outputs)
+
+
+def serve_dir(workdir: Path) -> Path:
+    """Where a local deployment runs TorchServe (config, model store, logs, token)."""
+    return workdir.absolute() / "torchserve"
+
+
+def stop_serving(workdir: Path) -> bool:
+    """Stop the TorchServe a local deployment left running; False if there was none."""
+    from sempair.serving.server import stop_server
+
+    return stop_server(serve_dir(workdir))
 
 
 def _absolute(uri: str | Path) -> str:
@@ -83,6 +98,9 @@ def main() -> None:
                         "(s3://bucket or a folder; endpoint and keys from AWS_* variables)")
     parser.add_argument("--reference", default="",
                         help="a dataset (folder or URI) to measure drift against")
+    parser.add_argument("--deploy", default="local", choices=("local", "none"),
+                        help="after a passed gate: start TorchServe and predict a test "
+                        "recording with it (local, stopped at the end), or only archive it")
     parser.add_argument("--s3", action="store_true",
                         help="start a throwaway S3-protocol server on 127.0.0.1, upload the "
                         "recordings to it and use it as source and store (needs moto, a dev "
@@ -106,9 +124,11 @@ def main() -> None:
         store = args.store
         if args.s3:
             source, store = stack.enter_context(_on_local_s3(source, args.workdir))
+        stack.callback(stop_serving, args.workdir)    # no TorchServe outlives the demo
         outputs = run_local(source, args.workdir, args.set, store=store,
-                            reference=args.reference)
+                            reference=args.reference, deploy=args.deploy)
         print_summary(source, args.workdir, outputs, time.perf_counter() - started, store)
+        print_served_prediction(args.workdir, source)
 
 
 @contextlib.contextmanager
@@ -196,6 +216,51 @@ def print_summary(source: Path | str, workdir: Path, outputs: dict, elapsed: flo
         print(f"store        {store}: `sempair audit --store {store}/models`")
         print("\n" + format_audit(audit_store(f"{store}/models")))
     print(f"elapsed      {elapsed:.1f} s")
+
+
+def print_served_prediction(workdir: Path, source: Path | str) -> None:
+    """The served model's answer for the recording the deploy step smoke-tested with (one
+    it never trained on), checked against the source's events.csv when there is one."""
+    from sempair.serving.client import format_prediction, predict_file, read_token
+    from sempair.serving.server import server_status
+
+    status = server_status(serve_dir(workdir))
+    if not status:
+        return
+    smoke = sorted(Path(workdir, "kfp").glob("**/deploy/smoke"), key=os.path.getmtime)[-1]
+    media = next(path for path in sorted(smoke.rglob("*")) if path.is_file())
+    result = predict_file(media, status["inference_url"], read_token(serve_dir(workdir)),
+                          status["model"])
+    recording = media.relative_to(smoke).as_posix()
+    print(f"\n== served prediction for {recording} (never trained on) from "
+          f"{status['inference_url']} ==")
+    print(format_prediction(result))
+    truth = _ground_truth(source, recording, result["clips"])
+    if truth:
+        print(truth)
+
+
+def _ground_truth(source: Path | str, recording: str, clips: list[dict]) -> str:
+    """One line comparing the served answer with events.csv (the synthetic ground truth)."""
+    import pandas as pd
+
+    from sempair.annotations import EVENTS_FILE, label_clips, read_events
+    from sempair.storage import open_source
+
+    src = open_source(source)
+    if not src.exists(EVENTS_FILE):
+        return ""
+    with src.local_copy(EVENTS_FILE) as path:
+        events = read_events(path)
+    table = pd.DataFrame({"recording": recording, "start": [c["start"] for c in clips],
+                          "end": [c["end"] for c in clips]})
+    truth = label_clips(table, events)
+    right = sum(c["event"] == label for c, label in zip(clips, truth["label"], strict=True))
+    flagged = {i for i, c in enumerate(clips) if c["anomalous"]}
+    true = set(truth.index[truth["anomaly"] == 1])
+    return (f"ground truth ({EVENTS_FILE}): {right}/{len(clips)} clips labelled right "
+            f"({right / len(clips):.0%}); anomalous clips: {len(true)} true, {len(flagged)} "
+            f"flagged, {len(true & flagged)} of them right")
 
 
 def _fmt(value) -> str:

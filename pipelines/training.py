@@ -1,11 +1,11 @@
-"""The training pipeline DAG: ingest -> validate -> train -> evaluate -> [gate] -> release.
+"""The training pipeline DAG: ingest -> validate -> train -> evaluate -> [gate] -> release
+-> deploy.
 
 Validation fails the run on a critical data problem, so nothing trains on bad data. The
-release step runs only when the evaluation's gate passed (evaluate.gate_* thresholds in
-params.yaml); deploy steps hang off the same gate. With a `store` (s3:// or a folder),
-the dataset, the validation report, the model and the release are published there. Compile with
-`python -m pipelines.compile`; run locally with `python -m pipelines.local`.
-"""
+release and deploy steps run only when the evaluation's gate passed (evaluate.gate_*
+thresholds in params.yaml). With a `store` (s3:// or a folder), the dataset, the
+validation report, the model, the release and the TorchServe archive are published there.
+Compile with `python -m pipelines.compile`; run locally with `python -m pipelines.local`."""
 
 from typing import NamedTuple
 
@@ -13,6 +13,7 @@ from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Model
 
 from components import BASE_IMAGE
+from components.deploy import deploy
 from components.evaluate import evaluate
 from components.ingest import ingest
 from components.release import release
@@ -41,12 +42,17 @@ def training_pipeline(
     source: str,
     store: str = "",
     reference: str = "",
+    deploy_target: str = "local",
+    serve_dir: str = "",
     overrides: list = [],  # noqa: B006 - KFP parameters are declared with literal defaults
 ) -> PipelineOutputs:
     """source: folder or s3:// URI of recordings.
     store: where datasets, validation reports and models are published (s3://bucket or a
       folder; empty: only the pipeline's own artifacts).
     reference: a dataset (folder or URI) to check drift against; empty: no drift check.
+    deploy_target: "kubernetes" rolls the TorchServe Deployment to the new archive (needs
+      a store), "local" starts TorchServe in serve_dir and smoke-tests it, "none" stops
+      after publishing the archive.
     overrides: params.yaml overrides, e.g. ["ingest.clip_seconds=2.0"]."""
     ingested = ingest(source=source, store=store, overrides=overrides)
     ingested.set_display_name("ingest recordings")
@@ -71,10 +77,18 @@ def training_pipeline(
 
     with dsl.If(evaluated.outputs["Output"] == True, name="evaluation-gate"):  # noqa: E712
         released = release(model=trained.outputs["model"],
-                           evaluation=evaluated.outputs["evaluation"], store=store,
+                           evaluation=evaluated.outputs["evaluation"],
+                           dataset=ingested.outputs["dataset"], store=store,
                            version=trained.outputs["version"], overrides=overrides)
         released.set_display_name("release model")
-        released.set_cpu_request("1").set_memory_request("1G").set_memory_limit("2G")
+        released.set_cpu_request("1").set_memory_request("2G").set_memory_limit("4G")
+
+        deployed = deploy(release=released.outputs["bundle"],
+                          dataset=ingested.outputs["dataset"], source=source,
+                          version=trained.outputs["version"], store=store,
+                          target=deploy_target, serve_dir=serve_dir, overrides=overrides)
+        deployed.set_display_name("deploy to TorchServe")
+        deployed.set_cpu_request("1").set_memory_request("2G").set_memory_limit("4G")
 
     return PipelineOutputs(dataset=ingested.outputs["dataset"],
                            validation=validated.outputs["validation"],

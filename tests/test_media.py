@@ -1,9 +1,12 @@
 """Decoding: every container and rate lands on the same clip timeline, in sync."""
 
+import re
+
 import numpy as np
 import pytest
 
 from sempair.media import ClipReader, MediaError
+from sempair.synth import write_recording
 from tests.media_helpers import flash_and_click
 
 FORMATS = [  # (file, video codec, audio codec, fps, sample rate, channels, size)
@@ -134,3 +137,94 @@ def test_a_gap_in_the_audio_track_becomes_reported_silence(tmp_path, cfg):
     assert abs(click - 7.5) < 0.01, click
     assert frames[7, 4].mean() > 200                             # the flash, same clip
     assert any("audio missing for 1.0 s at 4.0 s" in p for p in problems), problems
+
+
+# -- one-stream media (streams="any") ---------------------------------------------------------
+
+def write_scene(path, *, with_audio=True, with_video=True, seconds=5.0, fps=15, rate=16000):
+    """The same noisy scene (flash and click at 1.5 s) every call, with the streams asked
+    for, so that an audio-only or video-only file holds exactly that stream of the other."""
+    rng = np.random.default_rng(1)
+    frames = np.full((round(seconds * fps), 96, 128, 3), 40, np.uint8)
+    frames += rng.integers(0, 8, frames.shape, dtype=np.uint8)
+    frames[round(1.5 * fps)] = 250
+    audio = rng.normal(0, 0.005, (1, round(seconds * rate))).astype(np.float32)
+    audio[:, round(1.5 * rate): round(1.51 * rate)] = 0.8
+    chunks = np.array_split(audio, round(seconds * 4), axis=1)               # 0.25 s each
+    write_recording(path, list(frames) if with_video else None,
+                    chunks if with_audio else None, fps=fps, sample_rate=rate)
+    return path
+
+
+def read_any(path, cfg, hop_seconds=1.0):
+    """Every clip, in batches of 3, with streams="any": (reader, starts, audio, frames),
+    audio or frames None where the batches carry None."""
+    with ClipReader(str(path), cfg.features, 1.0, hop_seconds, batch_clips=3,
+                    streams="any") as reader:
+        batches = list(reader)
+    starts = np.concatenate([b.starts for b in batches])
+    joined = {}
+    for kind in ("audio", "frames"):
+        parts = [getattr(b, kind) for b in batches]
+        assert all(p is None for p in parts) or all(p is not None for p in parts), kind
+        joined[kind] = None if parts[0] is None else np.concatenate(parts)
+    return reader, starts, joined["audio"], joined["frames"]
+
+
+@pytest.mark.parametrize("hop_seconds", [1.0, 0.5])
+@pytest.mark.parametrize("name, with_audio, with_video", [
+    ("audio.m4a", True, False),
+    ("video.mp4", False, True),
+])
+def test_one_stream_media_is_cut_like_that_stream_of_an_audiovisual_file(
+        tmp_path, cfg, hop_seconds, name, with_audio, with_video):
+    both = write_scene(tmp_path / "both.mp4")
+    one = write_scene(tmp_path / name, with_audio=with_audio, with_video=with_video)
+    with ClipReader(str(both), cfg.features, 1.0, hop_seconds) as reader:   # strict default
+        batches = list(reader)
+    starts = np.concatenate([b.starts for b in batches])
+    audio = np.concatenate([b.audio for b in batches])
+    frames = np.concatenate([b.frames for b in batches])
+
+    reader, one_starts, one_audio, one_frames = read_any(one, cfg, hop_seconds)
+    assert reader.problems == []
+    assert len(starts) == (9 if hop_seconds == 0.5 else 5)
+    np.testing.assert_array_equal(one_starts, starts)
+    if with_audio:
+        assert reader.video is None and one_frames is None
+        np.testing.assert_array_equal(one_audio, audio)
+        assert (reader.info.audio_codec, reader.info.sample_rate) == ("aac", 16000)
+        assert (reader.info.video_codec, reader.info.width, reader.info.fps) == (None,) * 3
+    else:
+        assert reader.audio is None and one_audio is None
+        np.testing.assert_array_equal(one_frames, frames)
+        assert (reader.info.video_codec, reader.info.width, reader.info.fps) == ("h264", 128, 15)
+        assert (reader.info.audio_codec, reader.info.sample_rate) == (None, None)
+    assert reader.info.duration == pytest.approx(5.0, abs=0.1)
+    assert reader.decoded_seconds == pytest.approx(starts[-1] + 1.0)
+
+
+def test_streams_any_reads_an_audiovisual_file_as_the_default_does(tmp_path, cfg):
+    path = write_scene(tmp_path / "both.mp4")
+    with ClipReader(str(path), cfg.features, 1.0, 1.0, batch_clips=3) as reader:
+        batches = list(reader)
+        info = reader.info
+    any_reader, starts, audio, frames = read_any(path, cfg)
+    assert any_reader.info == info
+    np.testing.assert_array_equal(starts, np.concatenate([b.starts for b in batches]))
+    np.testing.assert_array_equal(audio, np.concatenate([b.audio for b in batches]))
+    np.testing.assert_array_equal(frames, np.concatenate([b.frames for b in batches]))
+
+
+@pytest.mark.parametrize("name, with_audio, with_video, message", [
+    ("audio.m4a", True, False, "no video stream (audio only): ingest needs both"),
+    ("video.mp4", False, True, "no audio stream (video only): ingest needs both"),
+])
+def test_the_strict_default_still_refuses_one_stream_media(tmp_path, cfg, name, with_audio,
+                                                           with_video, message):
+    path = write_scene(tmp_path / name, with_audio=with_audio, with_video=with_video)
+    for streams in ({}, {"streams": "both"}):
+        with pytest.raises(MediaError, match=re.escape(message)):
+            ClipReader(str(path), cfg.features, 1.0, 1.0, **streams)
+    with pytest.raises(ValueError, match="streams must be"):
+        ClipReader(str(path), cfg.features, 1.0, 1.0, streams="audio")

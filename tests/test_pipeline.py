@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from pipelines.compile import COMPILED, compile_pipeline
-from pipelines.local import run_local
+from pipelines.local import run_local, serve_dir, stop_serving
 from sempair.dataset import read_meta
 from tests.conftest import TRAIN_SMALL
 
@@ -39,14 +39,27 @@ LENIENT_GATE = ["evaluate.gate_macro_f1=0", "evaluate.gate_search_map=0",
 def test_a_local_run_on_s3_reads_a_bucket_and_publishes_data_and_models(
         tmp_path, synth_source, s3_server, s3_env):
     from sempair.lineage import audit_store
+    from sempair.serving.client import predict_file, read_token
+    from sempair.serving.server import server_status
     from sempair.storage import upload_dir
 
     bucket = s3_env
     upload_dir(synth_source, f"s3://{bucket}/recordings", marker=None)
     tmpdir_before = os.environ.get("TMPDIR")
-    outputs = run_local(f"s3://{bucket}/recordings", tmp_path / "run",
-                        ["ingest.workers=1", *TRAIN_SMALL, *LENIENT_GATE],
-                        store=f"s3://{bucket}")
+    try:
+        outputs = run_local(f"s3://{bucket}/recordings", tmp_path / "run",
+                            ["ingest.workers=1", *TRAIN_SMALL, *LENIENT_GATE],
+                            store=f"s3://{bucket}", deploy="local")
+        served = server_status(serve_dir(tmp_path / "run"))
+        assert served and served["healthy"], "the deploy step must leave the model serving"
+        smoke = next((tmp_path / "run" / "kfp").glob("**/deploy/smoke"))
+        media = next(p for p in smoke.rglob("*") if p.is_file())
+        answer = predict_file(media, served["inference_url"],
+                              read_token(serve_dir(tmp_path / "run")), served["model"])
+        assert answer["clips"] and answer["model"]["version"] == outputs["version"]
+    finally:
+        stop_serving(tmp_path / "run")
+    assert server_status(serve_dir(tmp_path / "run")) is None
     assert os.environ.get("TMPDIR") == tmpdir_before      # restored after the run
     meta = read_meta(outputs["dataset"].path)
     assert outputs["clips"] == meta["counts"]["clips"] > 0
@@ -71,7 +84,11 @@ def test_a_local_run_on_s3_reads_a_bucket_and_publishes_data_and_models(
     model_prefix = f"models/sempair-av/{version}"
     assert {f"{model_prefix}/model.pt", f"{model_prefix}/model_card.json",
             f"{model_prefix}/release/release.json",
-            f"{model_prefix}/release/model_card.json"} <= keys
+            f"{model_prefix}/release/model_card.json",
+            f"{model_prefix}/release/serving/bundle.json",
+            f"{model_prefix}/serving/sempair-av.mar",
+            f"{model_prefix}/serving/sempair-av.card.json",
+            f"{model_prefix}/serving/config.properties"} <= keys
     assert outputs["passed"] is True
 
     card = json.loads((Path(outputs["model"].path) / "model_card.json").read_text())
@@ -111,4 +128,5 @@ def test_compiled_pipeline_gates_the_release_on_the_evaluation(tmp_path):
         "inputs.parameter_values['pipelinechannel--evaluate-Output'] == true"
     assert "evaluate" in gate["dependentTasks"]
     inside = spec["components"][gate["componentRef"]["name"]]["dag"]["tasks"]
-    assert set(inside) == {"release"}, "release must run only behind the gate"
+    assert set(inside) == {"release", "deploy"}, "release and deploy run only behind the gate"
+    assert inside["deploy"]["dependentTasks"] == ["release"]

@@ -105,6 +105,56 @@ def cmd_audit(args: argparse.Namespace) -> None:
                      indent=2) if args.json else lineage.format_audit(entries))
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    from sempair.serving.server import server_status, start_server, stop_server
+
+    workdir = Path(args.workdir)
+    if args.action == "start":
+        if not args.model:
+            raise SempairError("serve start needs MODEL: a release folder (from the pipeline "
+                               "or `sempair`'s release step), its serving/ bundle, or a .mar")
+        served = start_server(_servable(args.model), workdir, _config(args).serve,
+                              ports={"inference": args.port} if args.port else None)
+        print(f"serving {served.model_name} (pid {served.pid})\n"
+              f"  predictions  POST {served.inference_url}/predictions/{served.model_name}\n"
+              f"  health       GET  {served.inference_url}/ping\n"
+              f"  metrics      GET  {served.metrics_url}/metrics (Prometheus)\n"
+              f"  token        {workdir / 'key_file.json'} (inference key; send as "
+              "`Authorization: Bearer ...`)\n"
+              f"  try          sempair predict FILE --workdir {workdir}\n"
+              f"  stop         sempair serve stop --workdir {workdir}")
+    elif args.action == "stop":
+        print("stopped" if stop_server(workdir) else f"nothing was running in {workdir}")
+    else:
+        status = server_status(workdir)
+        print(json.dumps(status, indent=2) if status else f"not running ({workdir})")
+
+
+def _servable(uri: str) -> Path:
+    """A release folder -> its serving bundle; a bundle or .mar as is (s3:// fetched)."""
+    if uri.endswith(".mar"):
+        return Path(uri)
+    path = _input(uri, marker="release.json" if is_remote(uri) else "")
+    return path / "serving" if (path / "serving").is_dir() else path
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from sempair.serving.client import format_prediction, predict_file, read_token
+    from sempair.serving.server import server_status
+
+    url, model, token = args.url, args.model, args.token
+    if not url:
+        status = server_status(Path(args.workdir))
+        if not status:
+            raise SempairError(f"no server running in {args.workdir}; start one with "
+                               "`sempair serve start MODEL` or pass --url and --token")
+        url, model = status["inference_url"], model or status["model"]
+    token = token or read_token(Path(args.workdir))
+    result = predict_file(Path(args.file), url, token, model, top_k=args.top_k,
+                          embeddings=args.embeddings)
+    print(json.dumps(result, indent=2) if args.json else format_prediction(result))
+
+
 def _input(uri: str, marker: str) -> Path:
     """A local folder for URI: itself, or a verified download of an s3:// folder."""
     return fetch(uri, marker=marker)
@@ -231,6 +281,38 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--reference", metavar="DATASET",
                           help="an earlier dataset version to measure drift against")
     validate.set_defaults(func=cmd_validate)
+
+    serve = sub.add_parser(
+        "serve", parents=[common], help="run a released model in a local TorchServe",
+        description="start: build the TorchServe archive of MODEL (a release folder, its "
+        "serving/ bundle or a .mar; s3:// URIs are fetched) and start TorchServe in WORKDIR "
+        "with the hardened config (127.0.0.1, token auth, no model API, bounded requests, "
+        "serve.* in params.yaml), wait until the model answers and print the endpoints. "
+        "stop: stop it, leaving no process behind. status: is it running and healthy.",
+        epilog="Example: sempair serve start runs/release && sempair predict clip.mp4")
+    serve.add_argument("action", choices=("start", "stop", "status"))
+    serve.add_argument("model", nargs="?", help="release folder, bundle folder or .mar (start)")
+    serve.add_argument("--workdir", default=".sempair/serve",
+                       help="TorchServe's folder: config, model store, logs, token, pid")
+    serve.add_argument("--port", type=int, help="inference port (default serve.inference_port)")
+    serve.set_defaults(func=cmd_serve)
+
+    predict = sub.add_parser(
+        "predict", help="send a recording to the served model",
+        description="POST FILE (any container FFmpeg reads) to the model served by `sempair "
+        "serve start` and print, per clip: the event and its probability, the anomaly score "
+        "and flag, and the most similar past clip. The URL, model and token are read from "
+        "WORKDIR unless given.")
+    predict.add_argument("file", help="media file to send")
+    predict.add_argument("--workdir", default=".sempair/serve",
+                         help="the `sempair serve` folder to read the URL and token from")
+    predict.add_argument("--url", help="inference URL, e.g. http://127.0.0.1:8080")
+    predict.add_argument("--model", help="model name (default: the served one)")
+    predict.add_argument("--token", help="inference token (default: WORKDIR/key_file.json)")
+    predict.add_argument("--top-k", type=int, help="similar past clips per clip")
+    predict.add_argument("--embeddings", action="store_true", help="also return embeddings")
+    predict.add_argument("--json", action="store_true", help="the raw JSON answer")
+    predict.set_defaults(func=cmd_predict)
 
     audit = sub.add_parser(
         "audit", help="which data trained a model, and did it pass validation",

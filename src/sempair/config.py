@@ -150,6 +150,8 @@ class ServeConfig:
     management_port: int
     metrics_port: int
     startup_timeout: float
+    kube_deployment: str
+    kube_namespace: str
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,14 @@ recording's length. Anything wrong with a file is a `MediaError` whose message s
 is wrong and how to fix it; a file that breaks mid-way keeps its decodable prefix and
 says so in `ClipReader.problems`.
 
-Timeline: clip k covers [k·hop, k·hop + clip) seconds from `origin`, the instant both
-streams have started (the file's start for almost every file; what a player shows as
+Ingest needs both streams, so by default (`streams="both"`) a file without audio or
+without video is a `MediaError`. `streams="any"` also reads one-stream media (a .wav, a
+camera without a microphone): its clips are cut on the same timeline, `reader.audio` or
+`reader.video` is None, the missing stream's fields of `reader.info` are None, and every
+batch carries None for the missing modality (`ClipBatch.audio` or `ClipBatch.frames`).
+
+Timeline: clip k covers [k·hop, k·hop + clip) seconds from `origin`, the instant all the
+streams read have started (the file's start for almost every file; what a player shows as
 0:00). Audio is placed by its timestamps, so a gap in the audio track becomes silence
 (and is reported) instead of shifting everything after it; encoder priming (AAC) is
 removed by FFmpeg's edit-list handling.
@@ -41,22 +47,24 @@ class MediaError(SempairError):
 
 @dataclass(frozen=True)
 class MediaInfo:
+    """A stream's fields are None when the file lacks it (only with streams="any")."""
     container: str
     duration: float | None       # declared by the container, seconds
-    video_codec: str
-    width: int
-    height: int
-    fps: float | None            # average frame rate
-    audio_codec: str
-    sample_rate: int
-    channels: int
+    video_codec: str | None = None
+    width: int | None = None
+    height: int | None = None
+    fps: float | None = None     # average frame rate
+    audio_codec: str | None = None
+    sample_rate: int | None = None
+    channels: int | None = None
 
 
 @dataclass
 class ClipBatch:
+    """One batch of clips; a modality the file lacks is None (only with streams="any")."""
     starts: np.ndarray           # [B] float64, seconds in the recording
-    audio: np.ndarray            # [B, samples] float32 mono
-    frames: np.ndarray           # [B, T, 3, H, W] uint8 RGB
+    audio: np.ndarray | None     # [B, samples] float32 mono
+    frames: np.ndarray | None    # [B, T, 3, H, W] uint8 RGB
 
 
 def open_media(file: str | BinaryIO) -> av.container.InputContainer:
@@ -114,19 +122,26 @@ def _has_mp4_box(handle: BinaryIO, box: bytes) -> bool:
     return False
 
 
-def _streams(container: av.container.InputContainer):
+def recording_streams(container: av.container.InputContainer):
+    """(first video stream, first audio stream), None for a kind the file lacks; a cover
+    picture (an attached picture) is not video."""
     video = [s for s in container.streams.video
              if not (s.disposition & av.stream.Disposition.attached_pic)]
     audio = list(container.streams.audio)
-    if not video and not audio:
+    return (video[0] if video else None), (audio[0] if audio else None)
+
+
+def _streams(container: av.container.InputContainer, streams: str):
+    video, audio = recording_streams(container)
+    if video is None and audio is None:
         raise MediaError("no video and no audio stream: not a recording")
-    if not video:
+    if streams == "both" and video is None:
         raise MediaError("no video stream (audio only): ingest needs both; pair it with "
                          "its camera's video or leave it out of the source")
-    if not audio:
+    if streams == "both" and audio is None:
         raise MediaError("no audio stream (video only): ingest needs both; use a camera "
                          "with a microphone, or mux its audio track into the file")
-    return video[0], audio[0]
+    return video, audio
 
 
 def _seconds(value, time_base) -> float | None:
@@ -137,21 +152,26 @@ class ClipReader:
     """Iterate over a recording's clips in batches; see the module docstring."""
 
     def __init__(self, file: str | BinaryIO, features: FeatureConfig, clip_seconds: float,
-                 hop_seconds: float, batch_clips: int = 16, threads: int = 0):
+                 hop_seconds: float, batch_clips: int = 16, threads: int = 0,
+                 streams: str = "both"):
+        if streams not in ("both", "any"):
+            raise ValueError(f'streams must be "both" or "any", got {streams!r}')
         self.features, self.batch_clips = features, batch_clips
         self.container = open_media(file)
         try:
-            self.video, self.audio = _streams(self.container)
+            self.video, self.audio = _streams(self.container, streams)
         except MediaError:
             self.container.close()
             raise
-        for stream in (self.video, self.audio):
+        self.streams = [s for s in (self.video, self.audio) if s is not None]   # those read
+        for stream in self.streams:
             if stream.codec_context is None or stream.codec_context.name is None:
                 self.container.close()
                 raise MediaError(f"{stream.type} stream has a codec this FFmpeg build cannot "
                                  "decode; re-encode it (e.g. H.264 + AAC)")
-        self.video.thread_type = "AUTO"
-        self.video.codec_context.thread_count = threads
+        if self.video is not None:
+            self.video.thread_type = "AUTO"
+            self.video.codec_context.thread_count = threads
         self.info = self._info()
         self.clip_samples = round(clip_seconds * features.sample_rate)
         self.hop_samples = round(hop_seconds * features.sample_rate)
@@ -159,21 +179,23 @@ class ClipReader:
         self.hop_frames = round(hop_seconds * features.fps)
         self.hop_seconds = hop_seconds
         self.problems: list[str] = []   # why a file was only partly read
-        self.decoded_seconds = 0.0      # how much of the timeline both streams covered
+        self.decoded_seconds = 0.0      # how much of the timeline the streams read covered
 
     def _info(self) -> MediaInfo:
-        v, a, c = self.video, self.audio, self.container
+        c = self.container
         duration = c.duration / av.time_base if c.duration else None
         if duration is None:
-            durations = [_seconds(s.duration, s.time_base) for s in (v, a)]
+            durations = [_seconds(s.duration, s.time_base) for s in self.streams]
             duration = max((d for d in durations if d), default=None)
-        rate = v.average_rate or v.guessed_rate
-        return MediaInfo(
-            container=c.format.name, duration=duration,
-            video_codec=v.codec_context.name, width=v.codec_context.width,
-            height=v.codec_context.height, fps=float(rate) if rate else None,
-            audio_codec=a.codec_context.name, sample_rate=a.codec_context.sample_rate,
-            channels=a.codec_context.channels)
+        video, audio = {}, {}
+        if self.video is not None:
+            v, rate = self.video.codec_context, self.video.average_rate or self.video.guessed_rate
+            video = dict(video_codec=v.name, width=v.width, height=v.height,
+                         fps=float(rate) if rate else None)
+        if self.audio is not None:
+            a = self.audio.codec_context
+            audio = dict(audio_codec=a.name, sample_rate=a.sample_rate, channels=a.channels)
+        return MediaInfo(container=c.format.name, duration=duration, **video, **audio)
 
     def close(self) -> None:
         self.container.close()
@@ -187,9 +209,9 @@ class ClipReader:
     # -- decoding ---------------------------------------------------------------------
 
     def _decoded(self) -> Iterator[av.AudioFrame | av.VideoFrame]:
-        """Frames of both streams in demux order; stops at the first unreadable stretch."""
+        """Frames of the streams read, in demux order; stops at the first unreadable stretch."""
         bad_in_a_row = 0
-        packets = self.container.demux(self.video, self.audio)
+        packets = self.container.demux(*self.streams)
         while True:
             try:
                 packet = next(packets)
@@ -218,14 +240,14 @@ class ClipReader:
     def __iter__(self) -> Iterator[ClipBatch]:
         f = self.features
         origin = max(0.0, *(_seconds(s.start_time, s.time_base) or 0.0
-                            for s in (self.video, self.audio)))
+                            for s in self.streams))
         resampler = av.AudioResampler(format="flt", layout="mono", rate=f.sample_rate)
-        audio = _SampleBuffer(f.sample_rate, origin)
-        frames = _FrameSampler(origin, f)
+        audio = _SampleBuffer(f.sample_rate, origin) if self.audio is not None else _Absent()
+        frames = _FrameSampler(origin, f) if self.video is not None else _Absent()
         next_clip = 0
-        pending: list[tuple[float, np.ndarray, np.ndarray]] = []
+        pending: list[tuple[float, np.ndarray | None, np.ndarray | None]] = []
 
-        def ready_clips() -> Iterator[tuple[float, np.ndarray, np.ndarray]]:
+        def ready_clips() -> Iterator[tuple[float, np.ndarray | None, np.ndarray | None]]:
             nonlocal next_clip
             while True:
                 a0 = next_clip * self.hop_samples
@@ -262,7 +284,8 @@ class ClipReader:
                           "silence" for at, length in audio.gaps if length >= REPORT_GAP]
         self._check_coverage(audio, frames)
 
-    def _check_coverage(self, audio: _SampleBuffer, frames: _FrameSampler) -> None:
+    def _check_coverage(self, audio: _SampleBuffer | _Absent,
+                        frames: _FrameSampler | _Absent) -> None:
         declared = self.info.duration
         audio_end = audio.end / self.features.sample_rate    # seconds from the origin
         video_end = frames.end / self.features.fps
@@ -273,9 +296,29 @@ class ClipReader:
                                  f"(a cut file, or a shorter {short} track)")
 
 
-def _batch(items: list[tuple[float, np.ndarray, np.ndarray]]) -> ClipBatch:
+def _batch(items: list[tuple[float, np.ndarray | None, np.ndarray | None]]) -> ClipBatch:
     starts, audio, frames = zip(*items, strict=True)
-    return ClipBatch(np.array(starts, dtype=np.float64), np.stack(audio), np.stack(frames))
+    return ClipBatch(np.array(starts, dtype=np.float64), _stacked(audio), _stacked(frames))
+
+
+def _stacked(clips: tuple[np.ndarray | None, ...]) -> np.ndarray | None:
+    return None if clips[0] is None else np.stack(clips)
+
+
+class _Absent:
+    """The buffer of a stream the file lacks (streams="any"): it never holds a clip back
+    (its end is infinite) and gives None for each clip."""
+    end = math.inf
+    gaps: tuple = ()
+
+    def take(self, start: int, stop: int) -> None:
+        return None
+
+    def drop_before(self, index: int) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
 
 
 class _SampleBuffer:
