@@ -25,8 +25,6 @@ def deploy(
     after the store. Returns the inference URL (local), else the archive's store URI."""
     from pathlib import Path
 
-    from sempair.serving.server import start_server
-
     from sempair.config import load_config
     from sempair.serving.archive import build_archive
     from sempair.serving.deploy import (
@@ -38,6 +36,7 @@ def deploy(
         smoke_media,
         smoke_test,
     )
+    from sempair.serving.server import start_server
 
     cfg = load_config(None, overrides)
     check_target(target, store)
