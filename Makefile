@@ -55,6 +55,7 @@ bench: venv  ## benchmarks -> benchmarks/results.md (about 15 minutes on 2 cores
 	$(PY) benchmarks/mining.py
 	$(PY) benchmarks/training.py
 	$(PY) benchmarks/storage.py
+	$(PY) benchmarks/serving.py
 
 lock: venv  ## pin today's resolve into requirements/lock.txt
 	(head -2 requirements/lock.txt; $(PY) -m pip freeze --exclude-editable | grep -v '^torch==') \
