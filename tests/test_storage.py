@@ -111,6 +111,18 @@ def test_folder_round_trip_is_verified(s3_env, s3_server, tmp_path):
     assert not list(tmp_path.glob("cache/**/.*partial*"))
 
 
+def test_fetch_lists_the_remote_folder_once(s3_env, tmp_path, monkeypatch):
+    make_folder(tmp_path / "data")
+    uri = f"s3://{s3_env}/datasets/once"
+    publish(tmp_path / "data", uri)
+    listed = []
+    real_list = S3Store.list
+    monkeypatch.setattr(S3Store, "list",
+                        lambda self, prefix="": listed.append(prefix) or real_list(self, prefix))
+    assert tree(fetch(uri, tmp_path / "cache")) == tree(tmp_path / "data")
+    assert listed == ["datasets/once/"]   # downloaded from the listing that passed the check
+
+
 def test_local_publish_and_fetch(tmp_path):
     files = make_folder(tmp_path / "data")
     out = publish(tmp_path / "data", tmp_path / "models" / "m1")

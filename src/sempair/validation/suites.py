@@ -1,40 +1,26 @@
-"""The data-validation gate after ingest: Great Expectations Core 1.x suites, written as code.
+"""The suites as code: one function per suite turns `ValidateConfig` into GX expectations
+on the clip dataset's tables, each with a severity and a human description.
 
-    result = validate_dataset("data/clips", "runs/validate", cfg.validate, reference=None)
-    result.raise_for_failures()      # the caller decides; validation itself never raises on data
-
-One function per suite below turns `ValidateConfig` into GX expectations, each with a
-severity (`critical` stops the pipeline, `warning` is reported) and a human description.
-Every suite runs on a pandas frame in one ephemeral GX context per call: the clip dataset's
-tables, plus small frames derived from them (a recording's splits, an event's recording
-duration). File integrity is plain Python, reported in the same list of checks.
-
-Outputs in `out`: validation.json, validation.md, validation.html (one self-contained page)
-and data_docs/ (the GX Data Docs site). See docs/validation.md.
+A suite returns `Table`s: a pandas frame (a table of the dataset, or a small frame derived
+from one: a recording's splits, an event's recording duration) and its expectations. Each
+expectation's `meta` carries the check's name and a template for its failure's sentence
+(see `_expect`); gx.py runs the tables and turns the results into `Check`s.
 """
 
 from __future__ import annotations
 
-import hashlib
-import html
 import json
-import shutil
-import string
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from sempair import SempairError, json_safe
 from sempair.annotations import BACKGROUND, EVENTS_FILE, MODALITIES
 from sempair.annotations import COLUMNS as EVENT_COLUMNS
 from sempair.config import ValidateConfig
+from sempair.validation.result import CRITICAL, WARNING, ValidationFailed
 
-__all__ = ["Check", "ValidationFailed", "ValidationResult", "validate_dataset"]
-
-CRITICAL, WARNING = "critical", "warning"
 STATS = ("audio_rms_dbfs", "audio_logmel_mean", "video_brightness", "video_contrast",
          "video_motion")
 SPLITS = ("train", "val", "test")
@@ -42,122 +28,14 @@ STATUSES = ("ok", "partial", "quarantined")
 EVENT_END_TOLERANCE = 0.5   # seconds an event may run past its recording's declared duration
 FINITE = 1e30               # "finite": a statistic within ±FINITE (NaN is caught as null)
 DRIFT_BINS = 10             # reference quantile bins per statistic for the KL divergence
-DATA_DOCS_SITE = "sempair"
 REINGEST = "re-run `sempair ingest` with this sempair version"
-
-
-class ValidationFailed(SempairError):
-    """Critical validation failures (or a folder that is no dataset); the message lists them."""
-
-
-@dataclass(frozen=True)
-class Check:
-    suite: str         # recordings, clips, annotations, integrity or drift
-    name: str
-    severity: str      # critical or warning
-    success: bool
-    observed: str
-    expected: str
-    problem: str       # what failed, by how much, and the fix; "" on success
-
-
-@dataclass(frozen=True)
-class ValidationResult:
-    dataset_id: str
-    checksum: str
-    reference_id: str | None
-    checks: tuple[Check, ...]
-    gx_version: str
-
-    @property
-    def failures(self) -> tuple[Check, ...]:
-        return tuple(c for c in self.checks if not c.success and c.severity == CRITICAL)
-
-    @property
-    def warnings(self) -> tuple[Check, ...]:
-        return tuple(c for c in self.checks if not c.success and c.severity != CRITICAL)
-
-    @property
-    def passed(self) -> bool:
-        return not self.failures
-
-    def raise_for_failures(self) -> None:
-        """Raise ValidationFailed listing every critical problem; return if there is none."""
-        if self.failures:
-            n = len(self.failures)
-            raise ValidationFailed(
-                f"validation failed for dataset {self.dataset_id}: {n} critical "
-                f"problem{'s' if n > 1 else ''}:\n"
-                + "\n".join(f"  - {c.suite}: {c.problem}" for c in self.failures))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"dataset_id": self.dataset_id, "checksum": self.checksum,
-                "reference_id": self.reference_id, "gx_version": self.gx_version,
-                "passed": self.passed, "counts": self._counts(),
-                "checks": [asdict(c) for c in self.checks]}
-
-    def summary_markdown(self) -> str:
-        """Verdict, failed critical checks, then warnings (observed vs expected), counts."""
-        counts = self._counts()
-        lines = [f"## Validation: dataset `{self.dataset_id}` — "
-                 f"{'PASSED' if self.passed else 'FAILED'}", "",
-                 f"{counts['checks']} checks in {', '.join(_suites(self.checks))}: "
-                 f"{counts['passed']} passed, {counts['failures']} critical failures, "
-                 f"{counts['warnings']} warnings."
-                 + (f" Drift reference: `{self.reference_id}`." if self.reference_id else ""),
-                 ""]
-        for title, checks in (("Critical failures", self.failures), ("Warnings", self.warnings)):
-            if checks:
-                lines += [f"### {title}", "", "| suite | check | observed | expected |",
-                          "|---|---|---|---|"]
-                lines += [f"| {c.suite} | {_md(c.name)} | {_md(c.observed)} | {_md(c.expected)} |"
-                          for c in checks]
-                lines += [""] + [f"- **{c.suite}: {_md(c.name)}**: {c.problem}" for c in checks]
-                lines.append("")
-        if not self.failures and not self.warnings:
-            lines += ["Every check passed.", ""]
-        lines.append(f"Great Expectations {self.gx_version}; every check and its result are in "
-                     "validation.html, the GX Data Docs in data_docs/index.html.")
-        return "\n".join(lines) + "\n"
-
-    def summary_html(self) -> str:
-        """One self-contained HTML page listing every check (the Kubeflow HTML artifact)."""
-        return _html_page(self)
-
-    def _counts(self) -> dict[str, int]:
-        return {"checks": len(self.checks), "passed": sum(c.success for c in self.checks),
-                "failures": len(self.failures), "warnings": len(self.warnings)}
-
-
-def validate_dataset(dataset: str | Path, out: str | Path, cfg: ValidateConfig,
-                     reference: str | Path | None = None) -> ValidationResult:
-    """Validate the clip dataset at `dataset` (drift against `reference` if given); write the
-    reports into `out`. Never raises on bad data: see `ValidationResult.raise_for_failures`."""
-    import great_expectations as gx
-
-    data = _load(Path(dataset))
-    ref = _load(Path(reference)) if reference is not None else None
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    tables = [*_recordings_suite(data, cfg), *_clips_suite(data, cfg),
-              *_annotations_suite(data, cfg), *_drift_suite(data, ref, cfg)]
-    checks = _integrity_checks(data) + _run_suites(tables, out / "data_docs",
-                                                  run_name=data.meta["dataset_id"])
-    result = ValidationResult(
-        dataset_id=data.meta["dataset_id"], checksum=data.meta["checksum"],
-        reference_id=ref.meta["dataset_id"] if ref else None, checks=tuple(checks),
-        gx_version=gx.__version__)
-    (out / "validation.md").write_text(result.summary_markdown())
-    (out / "validation.html").write_text(result.summary_html())
-    # last: its presence marks a complete report (the marker when published to a store)
-    (out / "validation.json").write_text(json.dumps(json_safe(result.to_dict()), indent=2) + "\n")
-    return result
 
 
 # -- the dataset -----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class _Dataset:
+class Dataset:
+    """An ingested clip dataset's metadata and tables, as validation reads them."""
     folder: Path
     meta: dict
     recordings: pd.DataFrame
@@ -165,7 +43,8 @@ class _Dataset:
     events: pd.DataFrame | None      # events.csv as written, with its line numbers
 
 
-def _load(folder: Path) -> _Dataset:
+def load(folder: Path) -> Dataset:
+    """The clip dataset in `folder`; ValidationFailed, naming the fix, if it is none."""
     if not folder.is_dir():
         raise ValidationFailed(f"no dataset at {folder}: the folder does not exist; check the "
                                "path, or create the dataset with `sempair ingest`")
@@ -192,7 +71,7 @@ def _load(folder: Path) -> _Dataset:
             if column in events:
                 events[column] = pd.to_numeric(events[column], errors="coerce")
         events.insert(0, "line", np.arange(2, len(events) + 2))   # line 1 is the header
-    return _Dataset(folder, meta, pd.read_parquet(folder / "recordings.parquet"),
+    return Dataset(folder, meta, pd.read_parquet(folder / "recordings.parquet"),
                     pd.read_parquet(folder / "manifest.parquet"), events)
 
 
@@ -205,7 +84,7 @@ def _string_dtype() -> str:
 # -- suites: each returns the frames to validate with their expectations --------------------
 
 @dataclass(frozen=True)
-class _Table:
+class Table:
     """One frame and its expectations: one GX data asset, suite and validation definition."""
     suite: str                  # the report's suite name
     name: str                   # GX asset and suite name
@@ -214,7 +93,7 @@ class _Table:
     expectations: list
 
 
-def _recordings_suite(data: _Dataset, cfg: ValidateConfig) -> list[_Table]:
+def recordings_suite(data: Dataset, cfg: ValidateConfig) -> list[Table]:
     """recordings.parquet: schema, unique content, decodable, sane media, quarantined share."""
     text = _string_dtype()
     types = {"recording": text, "status": text, "error": text, "size_bytes": "int64",
@@ -222,7 +101,7 @@ def _recordings_suite(data: _Dataset, cfg: ValidateConfig) -> list[_Table]:
              "ingested_seconds": "float64", "clips": "int64", "video_codec": text,
              "width": "int64", "height": "int64", "fps": "float64", "audio_codec": text,
              "sample_rate": "int64", "channels": "int64", "split": text}
-    return [_Table("recordings", "recordings", data.recordings, key="recording", expectations=[
+    return [Table("recordings", "recordings", data.recordings, key="recording", expectations=[
         *_schema("recordings.parquet", types),
         _expect("ExpectColumnValuesToBeUnique", "recording unique", "one row per recording",
                 "$count rows repeat a recording (e.g. $examples); " + REINGEST,
@@ -263,7 +142,7 @@ def _recordings_suite(data: _Dataset, cfg: ValidateConfig) -> list[_Table]:
     ])]
 
 
-def _clips_suite(data: _Dataset, cfg: ValidateConfig) -> list[_Table]:
+def clips_suite(data: Dataset, cfg: ValidateConfig) -> list[Table]:
     """manifest.parquet: schema, complete and plausible statistics, silent and black shares,
     no leak between splits, enough clips to train and test on, consistent labels."""
     text, clips = _string_dtype(), data.clips
@@ -274,7 +153,7 @@ def _clips_suite(data: _Dataset, cfg: ValidateConfig) -> list[_Table]:
         types |= {"label": text, "anomaly": "int8"}
     lo_db, hi_db = cfg.loudness_dbfs
     lo_luma, hi_luma = cfg.brightness
-    table = _Table("clips", "clips", clips, key="clip_id", expectations=[
+    table = Table("clips", "clips", clips, key="clip_id", expectations=[
         *_schema("manifest.parquet", types),
         *(_expect("ExpectColumnValuesToNotBeNull", f"{column} not null", f"no null {column}",
                   f"$count clips have no {column} (e.g. $examples): the features were "
@@ -339,7 +218,7 @@ def _clips_suite(data: _Dataset, cfg: ValidateConfig) -> list[_Table]:
     return [table, *_split_leak_tables(data)]
 
 
-def _clip_label_expectations(data: _Dataset, cfg: ValidateConfig) -> list:
+def _clip_label_expectations(data: Dataset, cfg: ValidateConfig) -> list:
     out = []
     if "label" in data.clips and cfg.labels:
         out.append(_expect(
@@ -356,7 +235,7 @@ def _clip_label_expectations(data: _Dataset, cfg: ValidateConfig) -> list:
     return out
 
 
-def _split_leak_tables(data: _Dataset) -> list[_Table]:
+def _split_leak_tables(data: Dataset) -> list[Table]:
     """A recording, or the same content under two names, must sit in one split only:
     otherwise test clips are (near-)copies of training clips."""
     clips, recordings = data.clips, data.recordings
@@ -368,12 +247,12 @@ def _split_leak_tables(data: _Dataset) -> list[_Table]:
     fix = ("their clips leak between training and evaluation; re-run ingest, which splits "
            "by content")
     return [
-        _Table("clips", "clips.recording_splits", pairs, key="recording", expectations=[
+        Table("clips", "clips.recording_splits", pairs, key="recording", expectations=[
             _expect("ExpectColumnValuesToBeUnique", "recording in one split",
                     "each recording's clips are in one split",
                     f"recordings have clips in more than one split ($examples): {fix}",
                     column="recording")]),
-        _Table("clips", "clips.content_splits", content, key="recording", expectations=[
+        Table("clips", "clips.content_splits", content, key="recording", expectations=[
             _expect("ExpectColumnValuesToBeUnique", "content in one split",
                     "identical recordings (same sha256) are in one split",
                     f"identical recordings are in more than one split ($examples): {fix}",
@@ -381,13 +260,13 @@ def _split_leak_tables(data: _Dataset) -> list[_Table]:
     ]
 
 
-def _annotations_suite(data: _Dataset, cfg: ValidateConfig) -> list[_Table]:
+def annotations_suite(data: Dataset, cfg: ValidateConfig) -> list[Table]:
     """events.csv (when the source had one): known labels, recordings and modalities, and
     event times inside their recording."""
     if data.events is None:
         return []
     where = f"fix those rows in the source's {EVENTS_FILE} and re-ingest"
-    return [_Table("annotations", "annotations", _with_recording_end(data), key="line",
+    return [Table("annotations", "annotations", _with_recording_end(data), key="line",
                    expectations=[
         _expect("ExpectTableColumnsToMatchSet", "columns", f"columns {', '.join(EVENT_COLUMNS)}",
                 f"{EVENTS_FILE} lacks columns $missing; the header must be "
@@ -428,7 +307,7 @@ def _annotations_suite(data: _Dataset, cfg: ValidateConfig) -> list[_Table]:
     ])]
 
 
-def _with_recording_end(data: _Dataset) -> pd.DataFrame:
+def _with_recording_end(data: Dataset) -> pd.DataFrame:
     """events + `recording_end`: the declared duration (or, when the container declares
     none, the decoded length) plus a tolerance; null for an unknown recording."""
     recordings = data.recordings
@@ -439,15 +318,15 @@ def _with_recording_end(data: _Dataset) -> pd.DataFrame:
     return data.events.assign(recording_end=data.events["recording"].map(ends).astype(float))
 
 
-def _drift_suite(data: _Dataset, reference: _Dataset | None,
-                cfg: ValidateConfig) -> list[_Table]:
+def drift_suite(data: Dataset, reference: Dataset | None,
+                cfg: ValidateConfig) -> list[Table]:
     """Each clip statistic's KL divergence from the reference dataset's distribution."""
     if reference is None:
         return []
     ref_id = reference.meta["dataset_id"]
     severity = CRITICAL if cfg.drift_fail else WARNING
     columns = [c for c in STATS if c in data.clips and c in reference.clips]
-    table = _Table("drift", "drift", data.clips, key="clip_id", expectations=[
+    table = Table("drift", "drift", data.clips, key="clip_id", expectations=[
         _expect("ExpectColumnKLDivergenceToBeLessThan", f"drift of {column}",
                 f"KL divergence from reference {ref_id} <= {cfg.drift_max_kl}",
                 f"$column drifted from reference {ref_id}: KL divergence $observed > "
@@ -474,6 +353,8 @@ def _partition(values: np.ndarray) -> dict:
     return {"bins": edges.tolist(), "weights": weights[1:-1].tolist(),
             "tail_weights": [float(weights[0]), float(weights[-1])]}
 
+
+# -- expectations: the building blocks of every suite ----------------------------------------
 
 def _schema(file: str, types: dict[str, str]) -> list:
     """The columns must exist (extra ones are fine), each with its exact pandas dtype."""
@@ -516,198 +397,3 @@ def _ingested() -> dict:
 def _mostly(max_share: float) -> float:
     """GX `mostly` for "at most `max_share` of the rows fail" (rounded: 1 - 0.7 != 0.3)."""
     return round(1.0 - max_share, 12)
-
-
-# -- integrity: plain Python ----------------------------------------------------------------
-
-def _integrity_checks(data: _Dataset) -> list[Check]:
-    """Every file listed in meta.json exists with its sha256, and the checksum covers them."""
-    files, expected = data.meta["files"], "every file listed in meta.json has its sha256"
-    bad = []
-    for rel, digest in files.items():
-        path = data.folder / rel
-        if not path.is_file():
-            bad.append(f"{rel} (missing)")
-        else:
-            with open(path, "rb") as handle:
-                if hashlib.file_digest(handle, "sha256").hexdigest() != digest:
-                    bad.append(f"{rel} (changed)")
-    listing = "".join(f"{k} {v}\n" for k, v in files.items())
-    checksum = f"sha256:{hashlib.sha256(listing.encode()).hexdigest()}"
-    fix = "the dataset was modified or copied incompletely; `dvc pull` it again or re-ingest"
-    return [
-        Check("integrity", "files match meta.json", CRITICAL, not bad,
-              f"{len(bad)} of {len(files)} files missing or changed" + _eg(bad), expected,
-              f"{len(bad)} of {len(files)} dataset files are missing or changed since ingest"
-              f"{_eg(bad)}: {fix}" if bad else ""),
-        Check("integrity", "checksum", CRITICAL, checksum == data.meta["checksum"],
-              data.meta["checksum"], f"{checksum} (sha256 of the file list)",
-              "" if checksum == data.meta["checksum"] else
-              f"meta.json's checksum does not match its file list: meta.json was edited; {fix}"),
-    ]
-
-
-# -- running GX -----------------------------------------------------------------------------
-
-def _run_suites(tables: list[_Table], docs: Path, run_name: str) -> list[Check]:
-    """Validate every table in one ephemeral context, then build the Data Docs into `docs`."""
-    import great_expectations as gx
-    from great_expectations.core.run_identifier import RunIdentifier
-
-    context = _context(docs)
-    source = context.data_sources.add_pandas("dataset")
-    run_id = RunIdentifier(run_name=run_name)
-    checks = []
-    for table in tables:
-        batch = source.add_dataframe_asset(table.name).add_batch_definition_whole_dataframe("all")
-        suite = context.suites.add(gx.ExpectationSuite(name=table.name,
-                                                       expectations=table.expectations))
-        definition = context.validation_definitions.add(
-            gx.ValidationDefinition(name=table.name, data=batch, suite=suite))
-        result = definition.run(
-            batch_parameters={"dataframe": table.frame}, run_id=run_id,
-            result_format={"result_format": "SUMMARY", "partial_unexpected_count": 20,
-                           "unexpected_index_column_names": [table.key]})
-        order = [e.meta["check"] for e in table.expectations]   # GX reorders its results
-        for r in sorted(result.results, key=lambda r: order.index(r.expectation_config.meta
-                                                                   ["check"])):
-            checks.append(_check(table, r))
-    context.build_data_docs(site_names=[DATA_DOCS_SITE])
-    return checks
-
-
-def _context(docs: Path):
-    """An ephemeral GX context: no progress bars, one filesystem Data Docs site at `docs`."""
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
-    shutil.rmtree(docs, ignore_errors=True)    # no stale pages from an earlier run
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    context.add_data_docs_site(DATA_DOCS_SITE, {
-        "class_name": "SiteBuilder", "show_how_to_buttons": False,
-        "store_backend": {"class_name": "TupleFilesystemStoreBackend",
-                          "base_directory": str(docs.absolute())},
-        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"}})
-    return context
-
-
-def _check(table: _Table, r) -> Check:
-    config = r.expectation_config
-    values = _observations(r.result, table.key) | {"column": config.kwargs.get("column", "")}
-    error = _exception(r)
-    observed = f"error: {error}" if error else values["observed"]
-    if r.success:
-        problem = ""
-    elif error:
-        problem = (f"{config.meta['check']} could not be checked ({error}); a column is "
-                   "probably missing or mistyped: see the schema checks; " + REINGEST)
-    else:
-        problem = string.Template(config.meta["problem"]).safe_substitute(values)
-    return Check(table.suite, config.meta["check"], config.severity.value, bool(r.success),
-                 observed, config.description or "", problem)
-
-
-def _observations(result: dict, key: str) -> dict[str, str]:
-    """GX's result dict -> the strings the problem templates use."""
-    count, total = result.get("unexpected_count"), result.get("element_count")
-    pct = result.get("unexpected_percent") or 0.0
-    missing = ((result.get("details") or {}).get("mismatched") or {}).get("missing") or []
-    keys = [row.get(key) for row in result.get("partial_unexpected_index_list") or []
-            if isinstance(row, dict)]
-    values = {
-        "count": str(count), "total": str(total), "pct": f"{pct:.3g}%",
-        "examples": ", ".join(map(str, _unique(keys)[:3])) or "none shown",
-        "values": ", ".join(map(_fmt, _unique(result.get("partial_unexpected_list") or [])[:5])),
-        "missing": ", ".join(missing)}
-    if "observed_value" in result and not isinstance(result["observed_value"], list):
-        values["observed"] = _fmt(result["observed_value"])
-    elif "mismatched" in (result.get("details") or {}):
-        values["observed"] = f"missing {values['missing']}" if missing else "all present"
-    elif count is not None:
-        values["observed"] = (f"{count} of {total} rows ({pct:.3g}%)"
-                              + (f", e.g. {values['examples']}" if count else ""))
-    else:
-        values["observed"] = _fmt(result.get("observed_value", ""))
-    return values
-
-
-def _exception(r) -> str:
-    """The first exception GX caught while computing this result's metrics, or ""."""
-    info = r.exception_info or {}
-    for item in [info] if "raised_exception" in info else info.values():
-        if isinstance(item, dict) and item.get("raised_exception"):
-            return str(item.get("exception_message") or "unknown error").splitlines()[0]
-    return ""
-
-
-def _fmt(value) -> str:
-    if value is None:
-        return "inf"     # GX reports an infinite KL divergence as None
-    if isinstance(value, float | np.floating):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def _unique(items: list) -> list:
-    return list(dict.fromkeys(items))
-
-
-def _eg(items: list[str]) -> str:
-    return f" (e.g. {', '.join(items[:3])})" if items else ""
-
-
-# -- reports --------------------------------------------------------------------------------
-
-def _suites(checks) -> list[str]:
-    return list(dict.fromkeys(c.suite for c in checks))
-
-
-def _md(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-_CSS = """body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222}
-table{border-collapse:collapse;width:100%;margin-bottom:1.5em}
-th,td{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}
-th{background:#f3f3f3}.verdict{font-size:1.4em;font-weight:bold;padding:.5em}
-.pass{background:#e6f4e6}.fail{background:#fbe3e3}.warn{background:#fff4d6}
-.problems li{margin-bottom:.4em}code{background:#f3f3f3;padding:0 3px}"""
-
-
-def _html_page(result: ValidationResult) -> str:
-    esc = html.escape
-    counts = result._counts()
-    verdict = "PASSED" if result.passed else "FAILED"
-    problems = "".join(f"<li><b>{esc(c.suite)}: {esc(c.name)}</b> ({esc(c.severity)}): "
-                       f"{esc(c.problem)}</li>"
-                       for c in (*result.failures, *result.warnings))
-    sections = []
-    for suite in _suites(result.checks):
-        rows = "".join(
-            f"<tr class='{_row_class(c)}'><td>{'pass' if c.success else 'FAIL'}</td>"
-            f"<td>{esc(c.name)}</td><td>{esc(c.severity)}</td><td>{esc(c.observed)}</td>"
-            f"<td>{esc(c.expected)}</td></tr>"
-            for c in result.checks if c.suite == suite)
-        sections.append(f"<h2>{esc(suite)}</h2><table><tr><th>result</th><th>check</th>"
-                        f"<th>severity</th><th>observed</th><th>expected</th></tr>{rows}"
-                        "</table>")
-    reference = (f", drift reference <code>{esc(result.reference_id)}</code>"
-                 if result.reference_id else "")
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Validation "
-            f"{esc(result.dataset_id)}</title><style>{_CSS}</style></head><body>"
-            f"<h1>Validation of dataset <code>{esc(result.dataset_id)}</code></h1>"
-            f"<div class='verdict {'pass' if result.passed else 'fail'}'>{verdict}</div>"
-            f"<p>{counts['checks']} checks: {counts['passed']} passed, {counts['failures']} "
-            f"critical failures, {counts['warnings']} warnings{reference}. "
-            f"Checksum <code>{esc(result.checksum)}</code>, Great Expectations "
-            f"{esc(result.gx_version)}. The GX Data Docs are in "
-            "<code>data_docs/index.html</code> next to this page.</p>"
-            + (f"<h2>Problems</h2><ul class='problems'>{problems}</ul>" if problems else "")
-            + "".join(sections) + "</body></html>\n")
-
-
-def _row_class(check: Check) -> str:
-    if check.success:
-        return "pass"
-    return "fail" if check.severity == CRITICAL else "warn"

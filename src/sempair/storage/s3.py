@@ -1,20 +1,6 @@
-"""Where data lives: local folders and `s3://bucket/prefix`, behind one small interface.
-
-Sources (recordings): a source is a root; a recording's id is its path relative to that root,
-with `/` as the separator whatever the platform. Callers list, stat, open and hash by id;
-`local_copy` gives a seekable local file (an S3 object is downloaded, verified, and deleted
-afterwards).
-
-Folders (datasets, models): `publish` / `fetch` copy a whole folder to or from a URI. A folder
-is complete only once its marker file (meta.json) exists: it is written last and checked
-first, so a reader never sees half a dataset.
-
-S3 speaks to any S3-compatible server (MinIO, Ceph, AWS) through the `minio` SDK. Connection
-settings come from the environment only (the variables boto3 and DVC read, see
-`S3Settings.from_env`). Every transfer is verified against the sha256 stored as object
-metadata at upload; transient failures are retried with exponential backoff and jitter.
-See docs/storage.md.
-"""
+"""One S3-compatible bucket through the `minio` SDK: settings from the environment, URIs,
+errors that say what to fix, and `S3Store`, whose every transfer is verified against the
+sha256 stored as object metadata and whose transient failures are retried with backoff."""
 
 from __future__ import annotations
 
@@ -23,20 +9,16 @@ import contextlib
 import functools
 import hashlib
 import io
-import json
 import logging
 import mimetypes
 import os
 import random
-import shutil
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Protocol, TypeVar
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import certifi
@@ -46,12 +28,11 @@ from minio.error import InvalidResponseError, MinioException, S3Error, ServerErr
 from minio.helpers import check_bucket_name
 
 from sempair import SempairError
+from sempair.storage.hashing import HASH_BLOCK, sha256_file
 
-HASH_BLOCK = 1 << 20  # read files in 1 MiB blocks: bounded memory whatever their size
 MIB = 1 << 20
 MIN_PART_SIZE = 5 * MIB   # the S3 minimum for every multipart part but the last
 SHA256_META = "sha256"    # stored as the object metadata header x-amz-meta-sha256
-MARKER = "meta.json"      # a folder is complete once this file exists
 
 # S3 error codes worth another try; anything else the server says is final
 TRANSIENT_CODES = frozenset({
@@ -433,312 +414,3 @@ def _chain(error: BaseException) -> list[BaseException]:
 def _short(error: BaseException) -> str:
     code = getattr(error, "code", None)
     return f"{type(error).__name__} {code}" if code else f"{type(error).__name__}: {error}"
-
-
-# -- recordings: sources ---------------------------------------------------------------
-
-@dataclass(frozen=True)
-class SourceFile:
-    id: str          # path relative to the source root, '/'-separated
-    size: int        # bytes
-
-
-class Source(Protocol):
-    uri: str
-
-    def list(self) -> list[SourceFile]: ...
-    def open(self, file_id: str) -> BinaryIO: ...
-    def path(self, file_id: str) -> Path: ...
-    def exists(self, file_id: str) -> bool: ...
-    def local_copy(self, file_id: str) -> contextlib.AbstractContextManager[Path]: ...
-
-
-class LocalSource:
-    """A folder on a local (or mounted) filesystem. Hidden files and folders are skipped."""
-
-    def __init__(self, root: str | Path):
-        self.root = Path(root).resolve()
-        self.uri = str(self.root)
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"source folder {root} does not exist (or is not a "
-                                    "folder); pass the folder that holds the recordings")
-
-    def list(self) -> list[SourceFile]:
-        files = []
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in sorted(filenames):
-                if name.startswith("."):
-                    continue
-                path = Path(dirpath, name)
-                file_id = PurePosixPath(path.relative_to(self.root)).as_posix()
-                files.append(SourceFile(file_id, path.stat().st_size))
-        return sorted(files, key=lambda f: f.id)
-
-    def open(self, file_id: str) -> BinaryIO:
-        return open(self.path(file_id), "rb")
-
-    def path(self, file_id: str) -> Path:
-        path = (self.root / file_id).resolve()
-        if not path.is_relative_to(self.root):
-            raise ValueError(f"{file_id!r} points outside the source {self.root}")
-        return path
-
-    def exists(self, file_id: str) -> bool:
-        return self.path(file_id).is_file()
-
-    @contextlib.contextmanager
-    def local_copy(self, file_id: str) -> Iterator[Path]:
-        """The file itself: it is local already."""
-        path = self.path(file_id)
-        if not path.is_file():
-            raise FileNotFoundError(f"{file_id} is not in {self.uri}")
-        yield path
-
-
-class S3Source:
-    """Objects under `s3://bucket/prefix`; ids are keys relative to the prefix. Names with a
-    hidden (dot) component are skipped, as locally. Decoders get verified local copies."""
-
-    def __init__(self, uri: str, cache_dir: str | Path | None = None,
-                 store: S3Store | None = None):
-        self.location = parse_s3_uri(uri)
-        self.uri = str(self.location)
-        self.store = store or S3Store(self.location.bucket)
-        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-        self._paths: dict[str, Path] = {}
-
-    def list(self) -> list[SourceFile]:
-        files = []
-        for obj in self.store.list(self.location.folder):
-            file_id = obj.key.removeprefix(self.location.folder)
-            if file_id.endswith("/") or any(p.startswith(".") for p in file_id.split("/")):
-                continue
-            files.append(SourceFile(file_id, obj.size))
-        return files
-
-    def open(self, file_id: str) -> BinaryIO:
-        return open(self.path(file_id), "rb")
-
-    def path(self, file_id: str) -> Path:
-        """A verified local copy in the cache folder, downloaded once per source object;
-        prefer `local_copy`, which removes it afterwards."""
-        path = self._paths.get(file_id)
-        if path is None or not path.is_file():
-            key = self.location.key(file_id)
-            path = self.cache_dir / self.location.bucket / key
-            self.store.download(key, path)
-            self._paths[file_id] = path
-        return path
-
-    def exists(self, file_id: str) -> bool:
-        return self.store.exists(self.location.key(file_id))
-
-    @contextlib.contextmanager
-    def local_copy(self, file_id: str) -> Iterator[Path]:
-        """A verified download in a private temp folder under the cache, deleted on exit."""
-        if file_id in self._paths and self._paths[file_id].is_file():
-            yield self._paths[file_id]
-            return
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix="copy-", dir=self.cache_dir) as folder:
-            path = Path(folder) / PurePosixPath(file_id).name
-            self.store.download(self.location.key(file_id), path)
-            yield path
-
-
-def default_cache_dir() -> Path:
-    """$XDG_CACHE_HOME/sempair/s3 (~/.cache/sempair/s3): where S3 downloads land."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "sempair" / "s3"
-
-
-def open_source(uri: str | Path) -> LocalSource | S3Source:
-    """The Source behind a URI: `s3://bucket/prefix` (settings from the environment, so
-    worker processes open it alike), else a local folder (`file://` allowed)."""
-    if is_remote(uri):
-        return S3Source(str(uri))
-    try:
-        return LocalSource(_local(uri))
-    except StorageError as error:
-        raise ValueError(str(error)) from None
-
-
-# -- folders: publish and fetch, behind a commit marker ----------------------------------
-
-def upload_dir(local_dir: str | Path, uri: str, marker: str | None = MARKER,
-               store: S3Store | None = None) -> None:
-    """Make `uri` an exact copy of `local_dir` (objects the folder lacks are deleted).
-
-    The old marker goes first and the new one last, so readers see either the old complete
-    folder, an incomplete one (refused), or the new complete one.
-    """
-    local_dir, target = Path(local_dir), parse_s3_uri(uri)
-    if not target.prefix:
-        raise StorageError(f"{uri} is a whole bucket; publish to a prefix, s3://bucket/name")
-    files = _files(local_dir)
-    if marker is not None and marker not in files:
-        raise StorageError(f"{local_dir} has no {marker}, so it is not complete; finish "
-                           "writing it before publishing")
-    store = store or S3Store(target.bucket)
-    existing = {o.key for o in store.list(target.folder)}
-    marker_key = target.key(marker) if marker else None
-    if marker_key in existing:
-        store.delete(marker_key)
-    _parallel(store.transfer.workers, [
-        (lambda rel=rel: store.upload(local_dir / rel, target.key(rel)))
-        for rel in files if rel != marker])
-    for stale in sorted(existing - {target.key(rel) for rel in files}):
-        store.delete(stale)
-    if marker_key:
-        store.upload(local_dir / marker, marker_key)
-
-
-def download_dir(uri: str, local_dir: str | Path, marker: str | None = MARKER,
-                 store: S3Store | None = None) -> Path:
-    """Download a complete folder (refused without its marker), every file verified, into a
-    hidden sibling that then replaces `local_dir`."""
-    source, local_dir = parse_s3_uri(uri), Path(local_dir)
-    store = store or S3Store(source.bucket)
-    objects = _complete_listing(store, source, marker)
-    tmp = _sibling(local_dir, "partial")
-    try:
-        _parallel(store.transfer.workers, [
-            (lambda o=o: store.download(o.key, tmp / o.key.removeprefix(source.folder)))
-            for o in objects])
-        tmp.mkdir(parents=True, exist_ok=True)   # an empty folder (no marker rule) too
-        _replace_dir(tmp, local_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return local_dir
-
-
-def publish(local_dir: str | Path, uri: str | Path, marker: str | None = MARKER) -> str:
-    """Copy a finished folder to a local path or s3:// URI, replacing what was there."""
-    if is_remote(uri):
-        upload_dir(local_dir, str(uri), marker)
-        return str(uri)
-    src, dest = Path(local_dir).resolve(), _local(uri).absolute()
-    if marker is not None and not (src / marker).is_file():
-        raise StorageError(f"{src} has no {marker}, so it is not complete; finish writing it "
-                           "before publishing")
-    if dest.resolve() != src:
-        tmp = _sibling(dest, "partial")
-        try:
-            shutil.copytree(src, tmp)
-            _replace_dir(tmp, dest)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return str(dest)
-
-
-def fetch(uri: str | Path, cache_dir: str | Path | None = None,
-          marker: str | None = MARKER) -> Path:
-    """A local folder with the contents of `uri`: a local path as-is; an s3:// folder is
-    downloaded to cache_dir/bucket/prefix (default: the download cache), or reused when
-    the remote listing is unchanged."""
-    if not is_remote(uri):
-        return _local(uri)
-    source = parse_s3_uri(str(uri))
-    store = S3Store(source.bucket)
-    local = Path(cache_dir or default_cache_dir()) / source.bucket / source.prefix
-    record = local.parent / f".{local.name}.fetched.json"
-    listing = {o.key: [o.size, o.etag] for o in _complete_listing(store, source, marker)}
-    if local.is_dir() and record.is_file() and json.loads(record.read_text()) == listing:
-        return local
-    download_dir(str(source), local, marker, store)
-    record.write_text(json.dumps(listing, indent=1) + "\n")
-    return local
-
-
-def read_text(uri: str | Path) -> str:
-    """A small text file from a local path or s3:// (NotFoundError, a FileNotFoundError,
-    when there is none)."""
-    if not is_remote(uri):
-        return _local(uri).read_text()
-    store, key = _object(str(uri))
-    return store.read_text(key)
-
-
-def write_text(uri: str | Path, text: str) -> None:
-    """Write a small text file whole (atomically: readers see the old or the new text)."""
-    if is_remote(uri):
-        store, key = _object(str(uri))
-        store.write_text(key, text)
-        return
-    path = _local(uri)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _object(uri: str) -> tuple[S3Store, str]:
-    target = parse_s3_uri(uri)
-    if not target.prefix:
-        raise StorageError(f"{uri} names a bucket, not a file; write s3://bucket/path/file")
-    return S3Store(target.bucket), target.prefix
-
-
-def find(uri_prefix: str | Path, name: str) -> list[str]:
-    """The URIs (or paths) of every file called `name` under a prefix, sorted."""
-    if not is_remote(uri_prefix):
-        root = _local(uri_prefix)
-        return sorted(str(p) for p in root.rglob(name) if p.is_file()) if root.is_dir() else []
-    prefix = parse_s3_uri(str(uri_prefix))
-    store = S3Store(prefix.bucket)
-    return [store.uri(o.key) for o in store.list(prefix.folder)
-            if PurePosixPath(o.key).name == name]
-
-
-def _complete_listing(store: S3Store, source: S3Uri, marker: str | None) -> list[ObjectInfo]:
-    objects = [o for o in store.list(source.folder) if not o.key.endswith("/")]
-    if marker is not None and source.key(marker) not in {o.key for o in objects}:
-        raise StorageError(f"{source} is incomplete: no {marker}; an upload is still running "
-                           "or failed — re-run it")
-    return objects
-
-
-def _files(folder: Path) -> list[str]:
-    if not folder.is_dir():
-        raise StorageError(f"{folder} is not a folder; pass the folder to publish")
-    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-
-
-def _parallel(workers: int, tasks: list[Callable[[], object]]) -> None:
-    """Run tasks on a few threads; on a failure the rest are cancelled and it is raised."""
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        futures = [pool.submit(task) for task in tasks]
-        try:
-            for future in futures:
-                future.result()
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
-
-
-def _sibling(path: Path, kind: str) -> Path:
-    """A fresh hidden sibling of `path` for this process."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{kind}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    return tmp
-
-
-def _replace_dir(tmp: Path, dest: Path) -> None:
-    """Put a finished folder in place; an old one is swapped out first, then deleted."""
-    if dest.exists():
-        old = _sibling(dest, "old")
-        os.replace(dest, old)
-        os.replace(tmp, dest)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, dest)
-
-
-def sha256_file(handle: BinaryIO) -> str:
-    digest = hashlib.sha256()
-    while block := handle.read(HASH_BLOCK):
-        digest.update(block)
-    return digest.hexdigest()
