@@ -83,8 +83,8 @@ def _tmpdir(path: Path):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--source", help="folder of recordings (default with --synth: "
-                        "WORKDIR/recordings)")
+    parser.add_argument("--source", help="folder or s3:// URI of recordings (default with "
+                        "--synth: WORKDIR/recordings)")
     parser.add_argument("--synth", action="store_true",
                         help="generate synthetic recordings (plus a few broken files) first")
     parser.add_argument("--workdir", type=Path, default=Path("runs/demo"),
@@ -108,9 +108,12 @@ def main() -> None:
     args = parser.parse_args()
     if not (args.source or args.synth):
         parser.error("give --source DIR, or --synth to generate recordings")
+    if args.source and args.source.startswith("s3://") and (args.synth or args.s3):
+        parser.error("--synth and --s3 work on a local folder of recordings; with an s3:// "
+                     "--source, leave them out (the AWS_* variables name the server)")
 
     started = time.perf_counter()
-    source = Path(args.source or args.workdir / "recordings")
+    source = args.source or args.workdir / "recordings"    # a URI stays a string
     if args.synth:   # the `sempair synth` command, broken files included
         from sempair.cli import main as sempair
 
