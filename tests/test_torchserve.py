@@ -306,6 +306,32 @@ def test_start_refuses_what_it_cannot_serve(served, bundle, serve_cfg, tmp_path)
         start_server(tmp_path / "half", tmp_path / "fourth", serve_cfg, ports=pick_free_ports())
 
 
+def test_the_cli_starts_predicts_and_stops_a_server(bundle, recording, tmp_path, capsys):
+    from sempair.cli import main as sempair
+
+    ports, workdir = pick_free_ports(), tmp_path / "cli-serve"
+    sets = [arg for name in ("inference", "management", "metrics")
+            for arg in ("--set", f"serve.{name}_port={ports[name]}")]
+    try:
+        assert sempair(["serve", "start", str(bundle), "--workdir", str(workdir), *sets]) == 0
+        started = capsys.readouterr().out
+        assert f"POST http://127.0.0.1:{ports['inference']}/predictions/" in started
+        assert "key_file.json" in started
+        assert sempair(["predict", str(recording), "--workdir", str(workdir), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["clips"]
+        assert sempair(["predict", str(recording), "--workdir", str(workdir)]) == 0
+        assert "most similar past clip" in capsys.readouterr().out
+        assert sempair(["serve", "status", "--workdir", str(workdir)]) == 0
+        assert json.loads(capsys.readouterr().out)["healthy"] is True
+    finally:
+        assert sempair(["serve", "stop", "--workdir", str(workdir)]) == 0
+    assert capsys.readouterr().out.strip() == "stopped"
+    assert sempair(["serve", "status", "--workdir", str(workdir)]) == 0
+    assert "not running" in capsys.readouterr().out
+    assert sempair(["predict", str(recording), "--workdir", str(workdir)]) == 1
+    assert "no server running" in capsys.readouterr().err
+
+
 # -- stopping (last: the module's server is gone afterwards) -----------------------------------
 
 def test_stop_server_leaves_no_process_behind(served):
