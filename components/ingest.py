@@ -23,6 +23,7 @@ def ingest(
 
     from sempair.config import load_config
     from sempair.ingest import ingest as run_ingest
+    from sempair.lineage import dataset_uri
     from sempair.storage import publish
 
     summary = run_ingest(source, dataset.path, load_config(None, overrides), overwrite=True)
@@ -31,7 +32,7 @@ def ingest(
                              "recordings": summary.recordings, "source": source,
                              "splits": summary.splits})
     if store:
-        uri = f"{store.rstrip('/')}/datasets/{summary.dataset_id}"
+        uri = dataset_uri(store, summary.dataset_id)
         publish(dataset.path, uri, marker="meta.json")
         dataset.metadata["uri"] = uri
         print(f"published the dataset to {uri}")

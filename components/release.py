@@ -25,6 +25,7 @@ def release(
 
     from sempair.config import load_config
     from sempair.evaluate.release import make_release
+    from sempair.lineage import model_uri
     from sempair.serving import build_bundle
     from sempair.storage import publish
 
@@ -36,7 +37,7 @@ def release(
     print(f"released {bundle.path}: trained on {card['dataset_id']}, gate passed")
     if store:
         name = cfg.pipeline.model_name
-        uri = f"{store.rstrip('/')}/models/{name}/{version}/release"
+        uri = model_uri(store, name, version, "release")
         publish(bundle.path, uri, marker="release.json")
         bundle.metadata["uri"] = uri
         print(f"published the release to {uri}")

@@ -24,7 +24,7 @@ def train(
     from collections import namedtuple
 
     from sempair.config import load_config
-    from sempair.lineage import read_card
+    from sempair.lineage import model_uri, read_card
     from sempair.storage import publish
     from sempair.train import train as run_train
 
@@ -39,7 +39,7 @@ def train(
                            "loss": cfg.train.loss, "framework": "pytorch",
                            "version": version, "validation": card["validation"]["status"]})
     if store:
-        uri = f"{store.rstrip('/')}/models/{cfg.pipeline.model_name}/{version}"
+        uri = model_uri(store, cfg.pipeline.model_name, version)
         publish(model.path, uri, marker="model_card.json")
         model.metadata["uri"] = uri
         print(f"published the model to {uri}")

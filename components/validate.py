@@ -30,6 +30,7 @@ def validate(
     from pathlib import Path
 
     from sempair.config import load_config
+    from sempair.lineage import validation_uri
     from sempair.storage import fetch, publish
     from sempair.validation import validate_dataset
 
@@ -44,7 +45,7 @@ def validate(
                                 "critical": len(result.failures),
                                 "warnings": len(result.warnings)})
     if store:
-        uri = f"{store.rstrip('/')}/validation/{result.dataset_id}"
+        uri = validation_uri(store, result.dataset_id)
         publish(out, uri, marker="validation.json")
         validation.metadata["uri"] = uri
         print(f"validation report: {uri}")

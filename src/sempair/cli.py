@@ -131,8 +131,12 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def _servable(uri: str) -> Path:
-    """A release folder -> its serving bundle; a bundle or .mar as is (s3:// fetched)."""
+    """A release folder -> its serving bundle; a bundle or .mar as is. An s3:// URI must be
+    a release (STORE/models/<name>/<version>/release): it is fetched and verified."""
     if uri.endswith(".mar"):
+        if is_remote(uri):
+            raise SempairError(f"{uri}: serve an s3:// release folder (…/<version>/release), "
+                               "or copy the .mar to a local path first")
         return Path(uri)
     path = _input(uri, marker="release.json" if is_remote(uri) else "")
     return path / "serving" if (path / "serving").is_dir() else path

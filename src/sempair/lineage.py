@@ -20,7 +20,7 @@ import pandas as pd
 import yaml
 
 from sempair import SempairError, __version__, json_safe
-from sempair.storage import find, read_text, sha256_file
+from sempair.storage import find, read_text, sha256_path
 
 CARD = "model_card.json"
 CARD_VERSION = 1
@@ -30,6 +30,21 @@ SKIPPED, PASSED, FAILED = "skipped", "passed", "failed"
 
 class LineageError(SempairError):
     """Lineage that does not add up (a validation of another dataset, a missing card)."""
+
+
+# -- the store's layout (docs/lineage.md) -----------------------------------------------------
+
+def dataset_uri(store: str, dataset_id: str) -> str:
+    return f"{store.rstrip('/')}/datasets/{dataset_id}"
+
+
+def validation_uri(store: str, dataset_id: str) -> str:
+    return f"{store.rstrip('/')}/validation/{dataset_id}"
+
+
+def model_uri(store: str, name: str, version: str, part: str = "") -> str:
+    """STORE/models/<name>/<version>[/part]: part is "release" or "serving" (the archive)."""
+    return f"{store.rstrip('/')}/models/{name}/{version}" + (f"/{part}" if part else "")
 
 
 # -- the pieces of a card ----------------------------------------------------------------------
@@ -104,11 +119,9 @@ def validation_record(validation: str | Path | None, dataset_id: str) -> dict:
             "great_expectations": result.get("gx_version")}
 
 
-def model_version(model_dir: str | Path, weights: str = "model.pt") -> str:
+def model_version(created: time.struct_time, weights_sha256: str) -> str:
     """A sortable, unique version: UTC time and the weights' checksum, 20261125T2330Z-1a2b3c4d."""
-    with open(Path(model_dir) / weights, "rb") as handle:
-        digest = sha256_file(handle)
-    return time.strftime("%Y%m%dT%H%MZ", time.gmtime()) + "-" + digest[:8]
+    return time.strftime("%Y%m%dT%H%MZ", created) + "-" + weights_sha256[:8]
 
 
 # -- the card ----------------------------------------------------------------------------------
@@ -119,13 +132,12 @@ def build_card(model_dir: str | Path, dataset: str | Path, config: dict, *, name
     """The model card of a freshly trained model folder (training metrics from summary.json)."""
     model_dir, dataset = Path(model_dir), Path(dataset)
     meta = json.loads((dataset / "meta.json").read_text())
-    with open(model_dir / weights, "rb") as handle:
-        weights_sha256 = sha256_file(handle)
+    weights_sha256, created = sha256_path(model_dir / weights), time.gmtime()
     summary = model_dir / "summary.json"
     return {
         "card_version": CARD_VERSION,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "model": {"name": name, "version": model_version(model_dir, weights),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", created),
+        "model": {"name": name, "version": model_version(created, weights_sha256),
                   "weights": weights, "sha256": weights_sha256},
         "data": {"dataset_id": meta["dataset_id"], "checksum": meta["checksum"],
                  "uri": dataset_uri or str(dataset.absolute()), "source": meta["source"],

@@ -22,6 +22,7 @@ removed by FFmpeg's edit-list handling.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -75,15 +76,14 @@ def open_media(file: str | BinaryIO) -> av.container.InputContainer:
 
 
 def _unreadable_reason(file: str | BinaryIO, error: Exception) -> str:
-    head = b""
-    if isinstance(file, str):
-        with open(file, "rb") as handle:
-            head = handle.read(64)
-            if head[4:8] == b"ftyp" and not _has_mp4_box(handle, b"moov"):
-                return ("truncated or unfinished MP4: its index ('moov' atom) is missing, so "
-                        "nothing in it can be decoded; re-encode with `-movflags +faststart` "
-                        "(or fragmented MP4) so that a cut file keeps a decodable prefix, or "
-                        "copy the file again")
+    with open(file, "rb") if isinstance(file, str) else contextlib.nullcontext(file) as handle:
+        handle.seek(0)
+        head = handle.read(64)
+        if head[4:8] == b"ftyp" and not _has_mp4_box(handle, b"moov"):
+            return ("truncated or unfinished MP4: its index ('moov' atom) is missing, so "
+                    "nothing in it can be decoded; re-encode with `-movflags +faststart` "
+                    "(or fragmented MP4) so that a cut file keeps a decodable prefix, or "
+                    "copy the file again")
     kind = "a text file, not a media file" if head and _looks_like_text(head) else \
         "not a media file"
     return (f"{kind} FFmpeg can read ({_ffmpeg_message(error)}); expected a video with audio "

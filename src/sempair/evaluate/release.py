@@ -18,7 +18,7 @@ from pathlib import Path
 from sempair import __version__
 from sempair.evaluate.embeddings import EvaluationError
 from sempair.lineage import CARD, read_card, with_evaluation, write_card
-from sempair.storage import sha256_file
+from sempair.storage import sha256_path
 
 FROM_MODEL = ("model.pt", "config.json", "dataset.json", "summary.json", CARD)
 FROM_EVALUATION = ("metrics.json", "evaluation.json", "probe.npz", "anomaly.npz", "report.html")
@@ -51,11 +51,7 @@ def make_release(model_dir: str | Path, evaluation_dir: str | Path, out: str | P
     card = {"dataset_id": lineage["dataset_id"], "dataset_checksum": lineage["checksum"],
             "source": lineage["source"], "evaluated_on": evaluation["dataset"],
             "gate": evaluation["gate"], "sempair_version": __version__,
-            "files": {name: _sha256(out / name) for name in (*FROM_MODEL, *FROM_EVALUATION)}}
+            "files": {name: sha256_path(out / name) for name in (*FROM_MODEL, *FROM_EVALUATION)}}
     (out / "release.json").write_text(json.dumps(card, indent=2) + "\n")
     return card
 
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return sha256_file(handle)

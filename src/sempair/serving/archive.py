@@ -26,7 +26,8 @@ import yaml
 
 from sempair import SempairError, json_safe
 from sempair.config import ServeConfig
-from sempair.storage import sha256_file
+from sempair.serving.predictor import verify_bundle
+from sempair.storage import sha256_path
 
 BUNDLE_MANIFEST = "bundle.json"
 MODEL_CONFIG = "model-config.yaml"
@@ -64,7 +65,7 @@ def build_archive(bundle_dir: str | Path, out_dir: str | Path, *, name: str, ver
     out.mkdir(parents=True, exist_ok=True)
     _run_archiver(bundle, out, name, str(version), model_config(bundle, serve_cfg))
     mar = out / f"{name}.mar"
-    digest = _sha256(mar)
+    digest = sha256_path(mar)
     card = out / f"{name}.card.json"
     _write_json(card, _card(bundle, manifest, mar, digest))
     return Archive(mar, digest, card)
@@ -72,18 +73,12 @@ def build_archive(bundle_dir: str | Path, out_dir: str | Path, *, name: str, ver
 
 def check_bundle(bundle: Path) -> dict:
     """bundle.json's content, once every file it lists has the sha256 it records."""
-    manifest_path = bundle / BUNDLE_MANIFEST
-    if not manifest_path.is_file():
-        raise ArchiveError(f"{bundle} is not a serving bundle ({BUNDLE_MANIFEST} missing); "
-                           "build one with sempair.serving.build_bundle")
-    manifest = json.loads(manifest_path.read_text())
-    changed = [f for f, digest in manifest["files"].items()
-               if not (bundle / f).is_file() or _sha256(bundle / f) != digest]
+    manifest = verify_bundle(bundle)
     extra = sorted({p.name for p in bundle.iterdir()} - set(manifest["files"])
                    - {BUNDLE_MANIFEST})
-    if changed or extra:
-        raise ArchiveError(f"{bundle} differs from its {BUNDLE_MANIFEST} (changed or missing: "
-                           f"{changed}, unlisted: {extra}); build the bundle again")
+    if extra:
+        raise ArchiveError(f"{bundle} holds files its {BUNDLE_MANIFEST} does not list "
+                           f"({extra}); they would ship unchecked: build the bundle again")
     return manifest
 
 
@@ -123,7 +118,7 @@ def _card(bundle: Path, manifest: dict, mar: Path, digest: str) -> dict:
 
     card = json.loads((bundle / "model_card.json").read_text())
     card["archive"] = {"file": mar.name, "sha256": digest,
-                       "bundle_sha256": _sha256(bundle / BUNDLE_MANIFEST),
+                       "bundle_sha256": sha256_path(bundle / BUNDLE_MANIFEST),
                        "model": manifest["model"], "handler": "sempair.serving.handler",
                        "torchserve": version("torchserve"),
                        "torch_model_archiver": version("torch-model-archiver")}
@@ -241,10 +236,6 @@ def read_properties(path: str | Path) -> dict[str, str]:
             props[key.strip()] = re.sub(r"\\(.)", r"\1", value.strip())
     return props
 
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return sha256_file(handle)
 
 
 def _write_json(path: Path, content: dict) -> None:

@@ -39,7 +39,7 @@ from sempair.evaluate.anomaly import AnomalyScorer
 from sempair.evaluate.embeddings import check_features, load_encoders
 from sempair.evaluate.probe import fit_probe
 from sempair.serving.export import ENCODERS, check_export, export_encoders, load_exported
-from sempair.storage import sha256_file
+from sempair.storage import mismatched, sha256_path
 
 BUNDLE_FILE = "bundle.json"
 FORMAT, FORMAT_VERSION = "sempair-bundle", 1
@@ -88,8 +88,7 @@ def _check_release(release: Path) -> dict:
         raise BundleError(f"{release} is not a release ({', '.join(missing)} missing); pass "
                           "the folder `sempair release` (make_release) wrote")
     release_json = json.loads((release / "release.json").read_text())
-    changed = [name for name, digest in release_json["files"].items()
-               if not (release / name).is_file() or _sha256(release / name) != digest]
+    changed = mismatched(release, release_json["files"])
     if changed:
         raise BundleError(f"{release}: {', '.join(changed)} changed since the release was "
                           "made (sha256 differs from release.json); release the model again")
@@ -186,7 +185,7 @@ def _serving(serve: ServeConfig, scorer: AnomalyScorer) -> dict:
 
 def _write_manifest(bundle: Path, release: Path, release_json: dict) -> dict:
     card = json.loads((bundle / "model_card.json").read_text())
-    files = {path.name: _sha256(path) for path in sorted(bundle.iterdir()) if path.is_file()}
+    files = {path.name: sha256_path(path) for path in sorted(bundle.iterdir()) if path.is_file()}
     content = {"format": FORMAT, "format_version": FORMAT_VERSION,
                "model": {"name": card["model"]["name"], "version": card["model"]["version"]},
                "dataset_id": release_json["dataset_id"],
@@ -200,10 +199,6 @@ def _write_manifest(bundle: Path, release: Path, release_json: dict) -> dict:
 
 
 # -- files -----------------------------------------------------------------------------------
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return sha256_file(handle)
 
 
 def _write_json(path: Path, content: dict) -> None:

@@ -28,6 +28,7 @@ import pandas as pd
 
 from sempair import SempairError
 from sempair.config import ServeConfig
+from sempair.lineage import model_uri
 from sempair.serving.archive import config_lines, resolve_ports
 from sempair.storage import open_source, publish
 
@@ -69,7 +70,7 @@ class KubeAPI:
 def publish_archive(archive_dir: str | Path, store: str, name: str, version: str) -> str:
     """Copy the archive folder (.mar, card, config) to STORE/models/<name>/<version>/serving;
     the card goes last, so a reader never sees an archive without its checksum."""
-    uri = f"{store.rstrip('/')}/models/{name}/{version}/serving"
+    uri = model_uri(store, name, version, "serving")
     return publish(archive_dir, uri, marker=f"{name}.card.json")
 
 

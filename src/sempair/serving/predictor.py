@@ -43,7 +43,7 @@ from sempair.config import FeatureConfig
 from sempair.evaluate.anomaly import AnomalyScorer
 from sempair.evaluate.probe import Probe
 from sempair.features import log_mel
-from sempair.media import ClipReader, MediaError, _has_mp4_box, _looks_like_text, recording_streams
+from sempair.media import ClipReader, MediaError, open_media, recording_streams
 from sempair.serving.bundle import (
     BUNDLE_FILE,
     FORMAT,
@@ -52,7 +52,7 @@ from sempair.serving.bundle import (
     split_reference,
 )
 from sempair.serving.export import load_exported
-from sempair.storage import sha256_file
+from sempair.storage import mismatched
 
 AUDIOVISUAL, AUDIO, VIDEO = "audiovisual", "audio", "video"
 TOP_EVENTS = 3            # events listed per clip, most probable first
@@ -332,19 +332,13 @@ def verify_bundle(bundle: Path) -> dict:
         raise BundleError(f"{bundle}: format {manifest.get('format')} "
                           f"v{manifest.get('format_version')} is not {FORMAT} v{FORMAT_VERSION};"
                           " build the bundle again with this sempair")
-    missing = [name for name in manifest["files"] if not (bundle / name).is_file()]
-    changed = [name for name, digest in manifest["files"].items()
-               if name not in missing and _sha256(bundle / name) != digest]
-    if missing or changed:
-        raise BundleError(f"{bundle} is damaged: missing {missing}, changed since it was built "
-                          f"(sha256 differs from {BUNDLE_FILE}) {changed}; copy the bundle "
+    changed = mismatched(bundle, manifest["files"])
+    if changed:
+        raise BundleError(f"{bundle} is damaged: missing or changed since it was built "
+                          f"(sha256 differs from {BUNDLE_FILE}): {changed}; copy the bundle "
                           "again whole, or build it again from the release")
     return manifest
 
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return sha256_file(handle)
 
 
 # -- media helpers -----------------------------------------------------------------------------
@@ -357,24 +351,13 @@ class _opened:
 
     def __enter__(self) -> av.container.InputContainer:
         try:
-            self.container = av.open(io.BytesIO(self.data), mode="r", metadata_errors="ignore")
-        except av.error.FFmpegError as error:
-            raise RequestError(_unreadable(self.data, error), 415) from None
+            self.container = open_media(io.BytesIO(self.data))   # ingest's opener and reasons
+        except MediaError as error:
+            raise RequestError(f"{error}; {SEND}", 415) from None
         return self.container
 
     def __exit__(self, *exc) -> None:
         self.container.close()
-
-
-def _unreadable(data: bytes, error: Exception) -> str:
-    reason = getattr(error, "strerror", None) or str(error)
-    if data[4:8] == b"ftyp" and not _has_mp4_box(io.BytesIO(data), b"moov"):
-        return ("a truncated or unfinished MP4: its index ('moov' atom) is missing, so "
-                "nothing in it can be decoded; send the whole file, or record with "
-                "-movflags +faststart (or fragmented MP4)")
-    kind = "a text file, not media" if _looks_like_text(data[:64]) else \
-        "not a media file FFmpeg can read"
-    return f"{kind} ({reason}); {SEND}"
 
 
 def _usable_streams(container) -> tuple:

@@ -29,7 +29,7 @@ from sempair.storage.folders import (
     upload_dir,
     write_text,
 )
-from sempair.storage.hashing import HASH_BLOCK, sha256_file
+from sempair.storage.hashing import HASH_BLOCK, mismatched, sha256_file, sha256_path
 from sempair.storage.s3 import (
     CREDENTIAL_CODES,
     MIB,
@@ -57,9 +57,37 @@ from sempair.storage.sources import (
 )
 
 __all__ = [
-    "CREDENTIAL_CODES", "HASH_BLOCK", "MARKER", "MIB", "MIN_PART_SIZE", "SHA256_META",
-    "TRANSFER", "TRANSIENT_CODES", "LocalSource", "NotFoundError", "ObjectInfo", "S3Settings",
-    "S3Source", "S3Store", "S3Uri", "Source", "SourceFile", "StorageError", "Transfer",
-    "default_cache_dir", "download_dir", "fetch", "find", "is_remote", "open_source",
-    "parse_s3_uri", "publish", "read_text", "sha256_file", "upload_dir", "write_text",
+    "CREDENTIAL_CODES",
+    "HASH_BLOCK",
+    "MARKER",
+    "MIB",
+    "MIN_PART_SIZE",
+    "SHA256_META",
+    "TRANSFER",
+    "TRANSIENT_CODES",
+    "LocalSource",
+    "NotFoundError",
+    "ObjectInfo",
+    "S3Settings",
+    "S3Source",
+    "S3Store",
+    "S3Uri",
+    "Source",
+    "SourceFile",
+    "StorageError",
+    "Transfer",
+    "default_cache_dir",
+    "download_dir",
+    "fetch",
+    "find",
+    "is_remote",
+    "mismatched",
+    "open_source",
+    "parse_s3_uri",
+    "publish",
+    "read_text",
+    "sha256_file",
+    "sha256_path",
+    "upload_dir",
+    "write_text",
 ]
