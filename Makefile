@@ -9,7 +9,16 @@ export DVC_NO_ANALYTICS := 1
 export DVC_SITE_CACHE_DIR := $(CURDIR)/.dvc/site-cache
 export PYTHONUNBUFFERED := 1
 
+# container images (Dockerfile, Dockerfile.cuda): tagged with pyproject's version, which
+# params.yaml's pipeline.base_image and pipeline.train_image name
+VERSION    := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+REGISTRY   ?= ghcr.io/sempair
+GIT_REV     = $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+IMAGE      := $(REGISTRY)/sempair:$(VERSION)
+CUDA_IMAGE := $(REGISTRY)/sempair-cuda:$(VERSION)
+
 .PHONY: venv demo demo-s3 test lint format compile bench lock clean repro push pull
+.PHONY: images push-images lint-images docker-engine
 
 # torch first, alone and exact (any other spec pulls a multi-GB CUDA build), then
 # everything else in one resolve against the lock.
@@ -24,10 +33,10 @@ $(STAMP): pyproject.toml requirements/lock.txt
 venv: $(STAMP)
 
 demo: venv  ## synthetic recordings -> the Kubeflow pipeline, run locally
-	$(PY) -m pipelines.local --synth --recordings 16 --workdir runs/demo
+	$(VENV)/bin/sempair pipeline run --local --synth --recordings 16 --workdir runs/demo
 
 demo-s3: venv  ## the same, reading and publishing through a local S3-protocol server
-	$(PY) -m pipelines.local --synth --recordings 16 --s3 --workdir runs/demo-s3
+	$(VENV)/bin/sempair pipeline run --local --synth --recordings 16 --s3 --workdir runs/demo-s3
 
 repro: venv  ## the DVC pipeline (dvc.yaml) on params.yaml
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dvc repro
@@ -41,14 +50,33 @@ pull: venv  ## the S3 remote -> this checkout's data, models and reports
 test: venv  ## the whole test suite
 	$(PY) -m pytest
 
-lint: venv
+lint: venv lint-images
 	$(VENV)/bin/ruff check .
 
 format: venv
 	$(VENV)/bin/ruff check --fix .
 
+lint-images: venv  ## hadolint on both Dockerfiles (needs no Docker engine)
+	$(VENV)/bin/hadolint Dockerfile Dockerfile.cuda
+
+images: lint-images docker-engine  ## build the CPU and CUDA images (needs a Docker engine)
+	docker build -f Dockerfile -t $(IMAGE) \
+		--build-arg SEMPAIR_VERSION=$(VERSION) --build-arg SEMPAIR_GIT_REV=$(GIT_REV) .
+	docker build -f Dockerfile.cuda -t $(CUDA_IMAGE) \
+		--build-arg SEMPAIR_VERSION=$(VERSION) --build-arg SEMPAIR_GIT_REV=$(GIT_REV) .
+
+push-images: docker-engine  ## push both images to $(REGISTRY) (after make images, docker login)
+	docker push $(IMAGE)
+	docker push $(CUDA_IMAGE)
+
+# a target of its own so that `make -n images` still lists the build commands
+docker-engine:
+	@docker info >/dev/null 2>&1 || { \
+		echo 'No Docker engine is reachable here (docker info fails): run make images where' \
+			'Docker runs; make lint-images checks the Dockerfiles without one.' >&2; exit 1; }
+
 compile: venv  ## refresh pipelines/training_pipeline.yaml
-	$(PY) -m pipelines.compile
+	$(VENV)/bin/sempair pipeline compile
 
 bench: venv  ## benchmarks -> benchmarks/results.md (about 15 minutes on 2 cores)
 	$(PY) benchmarks/ingest.py

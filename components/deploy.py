@@ -20,7 +20,7 @@ def deploy(
 ) -> str:
     """Archive the release's serving bundle for TorchServe (.mar + card with its sha256 +
     the pod's config.properties), publish it to STORE/models/<name>/<version>/serving/, then
-    roll it out. target 'kubernetes' patches the TorchServe Deployment (serve.kube_*);
+    roll it out. target 'kubernetes' patches the serving workload (serve.kube_*);
     'local' starts TorchServe in serve_dir and sends it one test recording; 'none' stops
     after the store. Returns the inference URL (local), else the archive's store URI."""
     from pathlib import Path
@@ -51,8 +51,8 @@ def deploy(
         print(f"published {archive.path.name} (sha256 {archive.sha256}) to {uri}")
     if target == "kubernetes":
         api = KubeAPI.in_cluster(cfg.serve.kube_namespace)
-        rollout(api, cfg.serve.kube_deployment, uri, archive.sha256)
-        print(f"rolled deployments/{cfg.serve.kube_deployment} in {api.namespace} to {uri}")
+        rollout(api, cfg.serve.kube_workload, uri, archive.sha256)
+        print(f"rolled {cfg.serve.kube_workload} in {api.namespace} to {uri}")
         return uri
     if target == "local":
         running = start_server(archive.path, Path(serve_dir or Path(served.path).parent /

@@ -14,11 +14,13 @@ def ingest(
     dataset: Output[Dataset],
     report: Output[Markdown],
     store: str = "",
+    data_version: str = "",
     overrides: list = [],  # noqa: B006 - KFP parameters are declared with literal defaults
 ) -> NamedTuple("IngestOutputs", clips=int, recordings=int, quarantined=int, dataset_id=str):
     """Cut the recordings under `source` (a folder or s3:// URI) into clips; with a `store`
     (folder or s3:// URI) the dataset is also published to STORE/datasets/<dataset_id>/.
-    See `sempair ingest --help`."""
+    data_version: the source's version when the run was submitted (`sempair pipeline
+    submit`); the dataset records the version it actually read. See `sempair ingest --help`."""
     from collections import namedtuple
 
     from sempair.config import load_config
@@ -28,9 +30,13 @@ def ingest(
 
     summary = run_ingest(source, dataset.path, load_config(None, overrides), overwrite=True)
     print(summary)
+    if data_version and data_version != summary.source_version:
+        print(f"note: the source changed after this run was submitted ({data_version}); "
+              f"the dataset records what was read: {summary.source_version}")
     dataset.metadata.update({"dataset_id": summary.dataset_id, "clips": summary.clips,
                              "recordings": summary.recordings, "source": source,
-                             "splits": summary.splits})
+                             "source_version": summary.source_version,
+                             "submitted_data_version": data_version, "splits": summary.splits})
     if store:
         uri = dataset_uri(store, summary.dataset_id)
         publish(dataset.path, uri, marker="meta.json")

@@ -80,9 +80,8 @@ def _tmpdir(path: Path):
         tempfile.tempdir = saved[1]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The local run's options (also `sempair pipeline run --local`)."""
     parser.add_argument("--source", help="folder or s3:// URI of recordings (default with "
                         "--synth: WORKDIR/recordings)")
     parser.add_argument("--synth", action="store_true",
@@ -105,7 +104,17 @@ def main() -> None:
                         help="start a throwaway S3-protocol server on 127.0.0.1, upload the "
                         "recordings to it and use it as source and store (needs moto, a dev "
                         "dependency; everything on it is gone when the run ends)")
-    args = parser.parse_args()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    run_from_args(parser, parser.parse_args(argv))
+
+
+def run_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Generate recordings if asked, run the DAG, print what it did and one served answer."""
     if not (args.source or args.synth):
         parser.error("give --source DIR, or --synth to generate recordings")
     if args.source and args.source.startswith("s3://") and (args.synth or args.s3):

@@ -20,7 +20,7 @@ def test_checked_in_yaml_is_fresh(tmp_path):
 
 
 def test_compiled_pipeline_uses_the_project_image_and_no_pip_install(cfg):
-    spec = yaml.safe_load(COMPILED.read_text())
+    spec, _platform = yaml.safe_load_all(COMPILED.read_text())
     executors = spec["deploymentSpec"]["executors"]
     assert executors, "no executors in the compiled pipeline"
     for name, executor in executors.items():
@@ -121,7 +121,7 @@ def test_a_failed_gate_holds_the_release_back(tmp_path, synth_source):
 
 
 def test_compiled_pipeline_gates_the_release_on_the_evaluation(tmp_path):
-    spec = yaml.safe_load(COMPILED.read_text())
+    spec, _platform = yaml.safe_load_all(COMPILED.read_text())
     tasks = spec["root"]["dag"]["tasks"]
     gate = next(t for name, t in tasks.items() if name.startswith("condition"))
     assert gate["triggerPolicy"]["condition"] == \

@@ -2,11 +2,14 @@
 
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from sempair.cli import main as sempair
-from sempair.storage import upload_dir
+from sempair.storage import publish, upload_dir
 from tests.conftest import TRAIN_SMALL
 
 SMALL_VALIDATION = ["--set", "validate.min_train_clips=8", "--set", "validate.min_test_clips=4"]
@@ -51,3 +54,27 @@ def test_a_missing_bucket_is_a_clear_cli_error(s3_env, tmp_path, capsys):
     assert sempair(["validate", "s3://no-such-bucket-here/datasets/a", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "no-such-bucket-here" in err and "does not exist" in err
+
+
+@pytest.mark.slow
+def test_torchrun_trains_from_a_bucket_and_rank_0_alone_publishes(synth_dataset, s3_env,
+                                                                  s3_server):
+    """The PyTorchJob's command (k8s/overlays/train-ddp): two processes fetch the dataset
+    into one cache (taking turns) and only rank 0 publishes the model."""
+    bucket = f"s3://{s3_env}"
+    publish(synth_dataset, f"{bucket}/datasets/d", marker="meta.json")
+    overrides = [f"--set={s}" for s in [*TRAIN_SMALL, "train.epochs=1"]]
+    env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "sempair.cli", "train", f"{bucket}/datasets/d", f"{bucket}/models/ddp", "-q",
+         *overrides], cwd=Path(__file__).parents[1], env=env, capture_output=True, text=True,
+        timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count(f"published {bucket}/models/ddp") == 1, result.stdout
+    keys = {o["Key"] for o in s3_server.client().list_objects_v2(
+        Bucket=s3_env, Prefix="models/ddp/")["Contents"]}
+    assert {"models/ddp/model.pt", "models/ddp/model_card.json"} <= keys
+    config = json.loads(s3_server.client().get_object(
+        Bucket=s3_env, Key="models/ddp/log.jsonl")["Body"].read().splitlines()[0])
+    assert config["world"] == 2

@@ -71,11 +71,12 @@ def cmd_train(args: argparse.Namespace) -> None:
                            "into a folder, then `sempair`-publish it or copy it to the store")
     dataset = _input(args.dataset, marker="meta.json")
     validation = _input(args.validation, marker="validation.json") if args.validation else None
-    with _output(args.out, marker="model_card.json") as out:
+    main_rank = int(os.environ.get("RANK", "0")) == 0   # under torchrun: rank 0 publishes
+    with _output(args.out, marker="model_card.json", publish_here=main_rank) as out:
         summary = train(dataset, out, _config(args), resume=args.resume,
                         progress=not args.quiet, validation=validation,
                         dataset_uri=args.dataset if is_remote(args.dataset) else None)
-    if int(os.environ.get("RANK", "0")) == 0:   # one summary under torchrun
+    if main_rank:   # one summary under torchrun
         print(summary)
 
 
@@ -108,6 +109,9 @@ def cmd_audit(args: argparse.Namespace) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     from sempair.serving.server import server_status, start_server, stop_server
 
+    if args.action == "pull":
+        cmd_pull(args)
+        return
     workdir = Path(args.workdir)
     if args.action == "start":
         if not args.model:
@@ -159,23 +163,78 @@ def cmd_predict(args: argparse.Namespace) -> None:
     print(json.dumps(result, indent=2) if args.json else format_prediction(result))
 
 
+def cmd_pull(args: argparse.Namespace) -> None:
+    from sempair.serving.deploy import pull_archive
+
+    uri = args.uri or os.environ.get("SEMPAIR_MODEL_URI", "")
+    sha256 = args.sha256 or os.environ.get("SEMPAIR_MODEL_SHA256", "")
+    path = pull_archive(uri, sha256, Path(args.out), name=_config(args).pipeline.model_name)
+    print(f"pulled {uri} -> {path} (sha256 {sha256} verified)")
+
+
+def cmd_buckets(args: argparse.Namespace) -> None:
+    from sempair.storage import S3Store
+
+    for bucket in args.buckets:
+        created = S3Store(bucket).ensure_bucket()
+        print(f"{'created' if created else 'exists '} s3://{bucket}")
+
+
+def cmd_pipeline(args: argparse.Namespace) -> None:
+    if args.action == "compile":
+        from pipelines.compile import compile_pipeline
+
+        print(f"wrote {compile_pipeline(Path(args.out))}")
+    elif args.action == "run":
+        from pipelines.local import run_from_args
+
+        if not args.local:
+            args.parser.error("`run` executes the DAG on this machine: add --local (on a "
+                              "cluster: `sempair pipeline submit --host URL`)")
+        run_from_args(args.parser, args)
+    else:
+        _cluster_pipeline(args)
+
+
+def _cluster_pipeline(args: argparse.Namespace) -> None:
+    from pipelines.cluster import RunRequest, schedule, submit
+
+    request = RunRequest(source=args.source, store=args.store, reference=args.reference,
+                         deploy_target=args.deploy_target, overrides=tuple(args.set),
+                         experiment=args.experiment, service_account=args.service_account,
+                         namespace=args.namespace)
+    if args.action == "schedule":
+        job = schedule(args.host, args.cron, request, name=args.name,
+                       max_concurrency=args.max_concurrency, catchup=args.catchup)
+        print(f"scheduled recurring run {job.recurring_run_id} at cron '{job.cron}' "
+              f"(seconds first): {job.link}")
+        return
+    done = submit(args.host, request, data_version=args.data_version,
+                  if_changed=args.if_changed, run_name=args.name)
+    print(f"data version {done.data_version} ({args.source})")
+    print(f"submitted run {done.run_id}: {done.link}" if done.run_id else
+          f"nothing submitted: {done.reason}")
+
+
 def _input(uri: str, marker: str) -> Path:
     """A local folder for URI: itself, or a verified download of an s3:// folder."""
     return fetch(uri, marker=marker)
 
 
 @contextlib.contextmanager
-def _output(uri: str, marker: str):
+def _output(uri: str, marker: str, publish_here: bool = True):
     """Write into a local folder; for an s3:// URI, a staging folder published at the end
-    (MARKER last, so readers never see half a folder)."""
+    (MARKER last, so readers never see half a folder) unless publish_here is False (a DDP
+    rank other than 0: its staging folder is discarded)."""
     if not is_remote(uri):
         yield Path(uri)
         return
     with tempfile.TemporaryDirectory(prefix="sempair-out-") as staging:
         out = Path(staging) / "out"
         yield out
-        publish(out, uri, marker=marker)
-        print(f"published {uri}")
+        if publish_here:
+            publish(out, uri, marker=marker)
+            print(f"published {uri}")
 
 
 def cmd_experiment(args: argparse.Namespace) -> None:
@@ -292,13 +351,23 @@ def build_parser() -> argparse.ArgumentParser:
         "serving/ bundle or a .mar; s3:// URIs are fetched) and start TorchServe in WORKDIR "
         "with the hardened config (127.0.0.1, token auth, no model API, bounded requests, "
         "serve.* in params.yaml), wait until the model answers and print the endpoints. "
-        "stop: stop it, leaving no process behind. status: is it running and healthy.",
+        "stop: stop it, leaving no process behind. status: is it running and healthy. "
+        "pull: download and verify the archive a cluster rollout points at (the serving "
+        "pods' init container).",
         epilog="Example: sempair serve start runs/release && sempair predict clip.mp4")
-    serve.add_argument("action", choices=("start", "stop", "status"))
+    serve.add_argument("action", choices=("start", "stop", "status", "pull"))
     serve.add_argument("model", nargs="?", help="release folder, bundle folder or .mar (start)")
     serve.add_argument("--workdir", default=".sempair/serve",
                        help="TorchServe's folder: config, model store, logs, token, pid")
     serve.add_argument("--port", type=int, help="inference port (default serve.inference_port)")
+    pulling = serve.add_argument_group(
+        "pull", "the serving pods' init step (k8s/): fetch the archive a rollout points at")
+    pulling.add_argument("--uri", help="STORE/models/<name>/<version>/serving (default: "
+                         "$SEMPAIR_MODEL_URI, from the pod's sempair.dev/model-uri)")
+    pulling.add_argument("--sha256", help="the .mar's expected sha256 (default: "
+                         "$SEMPAIR_MODEL_SHA256)")
+    pulling.add_argument("--out", default="model-store", help="the model store to write "
+                         "<pipeline.model_name>.mar into")
     serve.set_defaults(func=cmd_serve)
 
     predict = sub.add_parser(
@@ -330,6 +399,63 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--store", metavar="URI", help="a models prefix (s3:// or a folder)")
     audit.add_argument("--json", action="store_true", help="machine-readable output")
     audit.set_defaults(func=cmd_audit)
+
+    pipeline = sub.add_parser(
+        "pipeline", help="the Kubeflow DAG: compile, run here, submit or schedule on a cluster",
+        description="compile: write the DAG's KFP YAML (with its Kubernetes config). run "
+        "--local: execute it on this machine (each task a subprocess). submit: start one "
+        "run on a Kubeflow Pipelines server, passing the data version (a checksum of the "
+        "source's listing) and the parameters; --if-changed submits only when the data "
+        "changed since the last submission from --store. schedule: a KFP recurring run.",
+        epilog="Examples: sempair pipeline run --local --synth; sempair pipeline submit "
+        "--host http://localhost:8080 --source s3://sempair-recordings/ --store s3://sempair; "
+        "sempair pipeline schedule --host URL --cron '0 0 3 * * *' --source ... --store ...")
+    actions = pipeline.add_subparsers(dest="action", required=True, metavar="ACTION")
+    compiling = actions.add_parser("compile", help="write the KFP YAML")
+    compiling.add_argument("--out", default="pipelines/training_pipeline.yaml")
+    running = actions.add_parser("run", help="execute the DAG here (--local)")
+    running.add_argument("--local", action="store_true", help="run on this machine")
+    from pipelines.local import add_arguments as add_local_arguments
+
+    add_local_arguments(running)
+    running.set_defaults(parser=running)
+    cluster = argparse.ArgumentParser(add_help=False)
+    cluster.add_argument("--host", required=True, help="the KFP API, e.g. "
+                         "http://ml-pipeline.kubeflow.svc.cluster.local:8888")
+    cluster.add_argument("--source", required=True, help="s3:// URI of the recordings")
+    cluster.add_argument("--store", default="", help="s3:// bucket for datasets and models")
+    cluster.add_argument("--reference", default="", help="dataset to measure drift against")
+    cluster.add_argument("--deploy-target", default="kubernetes",
+                         choices=("kubernetes", "none"), help="after a passed gate: roll the "
+                         "TorchServe Deployment, or only publish the archive")
+    cluster.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                         help="params.yaml overrides for every task")
+    cluster.add_argument("--experiment", default="sempair", help="KFP experiment")
+    cluster.add_argument("--service-account", default="sempair-pipeline",
+                         help="the run's pods' service account (k8s/ creates it)")
+    cluster.add_argument("--namespace", help="multi-user Kubeflow: the profile namespace")
+    cluster.add_argument("--name", default="", help="run or recurring run name")
+    submitting = actions.add_parser("submit", parents=[cluster], help="start one run")
+    submitting.add_argument("--data-version", default="",
+                            help="default: the checksum of the source's current listing")
+    submitting.add_argument("--if-changed", action="store_true", help="submit only if the "
+                            "data version differs from the last one submitted from --store")
+    scheduling = actions.add_parser("schedule", parents=[cluster],
+                                    help="create a recurring run")
+    scheduling.add_argument("--cron", required=True, help="six fields, seconds first: "
+                            "'0 0 3 * * *' is daily at 03:00:00")
+    scheduling.add_argument("--max-concurrency", type=int, default=1)
+    scheduling.add_argument("--catchup", action="store_true",
+                            help="make up runs missed while paused")
+    pipeline.set_defaults(func=cmd_pipeline)
+
+    buckets = sub.add_parser(
+        "buckets", help="create the object store's buckets",
+        description="Create each BUCKET that does not exist yet at $AWS_ENDPOINT_URL "
+        "(idempotent; the k8s bucket Job runs it).")
+    buckets.add_argument("action", choices=("create",))
+    buckets.add_argument("buckets", nargs="+", metavar="BUCKET")
+    buckets.set_defaults(func=cmd_buckets)
 
     evaluate = sub.add_parser(
         "evaluate", parents=[common], help="score frozen encoders on the test split",

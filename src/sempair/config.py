@@ -150,7 +150,7 @@ class ServeConfig:
     management_port: int
     metrics_port: int
     startup_timeout: float
-    kube_deployment: str
+    kube_workload: str      # deployment/NAME or inferenceservice/NAME
     kube_namespace: str
 
 
@@ -170,6 +170,9 @@ class PipelineConfig:
     model_name: str
     base_image: str
     train_image: str
+    s3_secret: str              # on a cluster: the Secret every task reads its S3 keys from
+    settings_config_map: str    # ... and the ConfigMap with the endpoint and region
+    run_as_user: int            # the images' non-root user
 
 
 @dataclass(frozen=True)

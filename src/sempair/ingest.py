@@ -38,7 +38,7 @@ from sempair.config import Config, FeatureConfig, IngestConfig
 from sempair.dataset import FORMAT, FORMAT_VERSION, NpyAppender
 from sempair.features import clip_stats, log_mel
 from sempair.media import ClipReader, MediaError
-from sempair.storage import StorageError, open_source, sha256_file
+from sempair.storage import StorageError, listing_version, open_source, sha256_file
 
 OK, PARTIAL, QUARANTINED = "ok", "partial", "quarantined"
 SPLITS = ("train", "val", "test")
@@ -59,6 +59,7 @@ class IngestSummary:
     ignored: list[str]                    # files that are not media (by extension)
     media_seconds: float                  # recording time turned into clips
     elapsed_seconds: float
+    source_version: str = ""              # the source listing's checksum (data version)
 
     @property
     def quarantined(self) -> list[tuple[str, str]]:
@@ -119,7 +120,8 @@ def ingest(source: str | Path, out: str | Path, cfg: Config, *, workers: int | N
             raise IngestError(f"nothing in {src.uri} could be ingested:\n{reasons}")
         if events is not None:   # kept with the clips: validation and audits read them
             events.to_csv(tmp / annotations.EVENTS_FILE, index=False)
-        meta = _write_tables(tmp, recordings, manifest, cfg, src.uri, events is not None)
+        meta = _write_tables(tmp, recordings, manifest, cfg, src.uri, events is not None,
+                             source_version=listing_version(files))
         _move_into_place(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -130,7 +132,7 @@ def ingest(source: str | Path, out: str | Path, cfg: Config, *, workers: int | N
         out=out, dataset_id=meta["dataset_id"], recordings=len(recordings),
         clips=len(manifest), splits=meta["counts"]["splits"], problems=problems,
         ignored=ignored, media_seconds=float(recordings["ingested_seconds"].sum()),
-        elapsed_seconds=time.perf_counter() - started)
+        elapsed_seconds=time.perf_counter() - started, source_version=meta["source_version"])
 
 
 # -- one recording, in a worker process ----------------------------------------------------
@@ -357,7 +359,7 @@ def _tables(results: list[_Result], cfg: IngestConfig,
 
 
 def _write_tables(tmp: Path, recordings: pd.DataFrame, manifest: pd.DataFrame, cfg: Config,
-                  source: str, labelled: bool) -> dict:
+                  source: str, labelled: bool, source_version: str) -> dict:
     recordings.to_parquet(tmp / "recordings.parquet", index=False)
     manifest.to_parquet(tmp / "manifest.parquet", index=False)
     files = {}
@@ -373,6 +375,7 @@ def _write_tables(tmp: Path, recordings: pd.DataFrame, manifest: pd.DataFrame, c
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "dataset_id": checksum.hexdigest()[:12], "checksum": f"sha256:{checksum.hexdigest()}",
         "sempair_version": sempair.__version__, "source": source,
+        "source_version": source_version,
         "features": asdict(cfg.features), "ingest": asdict(cfg.ingest),
         "shapes": {"audio": list(audio.shape[1:]), "video": list(video.shape[1:])},
         "dtypes": {"audio": str(audio.dtype), "video": str(video.dtype)},

@@ -141,6 +141,7 @@ def build_card(model_dir: str | Path, dataset: str | Path, config: dict, *, name
                   "weights": weights, "sha256": weights_sha256},
         "data": {"dataset_id": meta["dataset_id"], "checksum": meta["checksum"],
                  "uri": dataset_uri or str(dataset.absolute()), "source": meta["source"],
+                 "source_version": meta.get("source_version"),
                  "recordings_digest": recordings_digest(dataset),
                  "recordings": meta["counts"]["ok"] + meta["counts"]["partial"],
                  "clips": meta["counts"]["clips"], "dvc": dvc_version(dataset)},

@@ -143,11 +143,13 @@ def resolve_ports(cfg: ServeConfig, ports: dict[str, int] | None = None) -> dict
 
 
 def config_lines(folder: Path, model_store: Path, cfg: ServeConfig, *, model_name: str,
-                 mar_file: str, ports: dict[str, int], version: str | None = None) -> list[str]:
+                 mar_file: str, ports: dict[str, int], version: str | None = None,
+                 token_auth: bool = True) -> list[str]:
     """config.properties, one `key=value` per line, each hardened (docs/serving.md).
     `version` is the archive's (read from model_store/mar_file when not given): TorchServe
     applies `models=` only under it; unknown, the line is left out and the archive's
-    model-config.yaml alone sets them. Values are written as Java reads .properties: a
+    model-config.yaml alone sets them. `token_auth` False only behind a NetworkPolicy (the
+    cluster's pods: docs/operations.md). Values are written as Java reads .properties: a
     backslash is doubled."""
     version = version or _archive_version(Path(model_store) / mar_file)
     limit = cfg.max_request_mb * MIB + MULTIPART_SLACK
@@ -176,7 +178,7 @@ def config_lines(folder: Path, model_store: Path, cfg: ServeConfig, *, model_nam
         "sets workers and batching",
         f"default_workers_per_model={cfg.workers}",
         "enable_model_api=false",
-        "disable_token_authorization=false",
+        f"disable_token_authorization={str(not token_auth).lower()}",
         f"token_expiration_min={TOKEN_MINUTES}",
         "allowed_urls=" + f"file://{re.escape(store)}/.*".replace("\\", "\\\\"),
         "install_py_dep_per_model=false",

@@ -6,10 +6,11 @@
               "local":      start TorchServe here and send it one real request
               "none":       stop after the store
 
-On a cluster the rollout is one strategic-merge PATCH of the Deployment's pod template
-annotations (`sempair.dev/model-uri`, `sempair.dev/model-sha256`). The serving pods read
-the URI through the downward API and pull the archive before TorchServe starts (k8s/), and
-the changed template makes Kubernetes replace them one by one.
+On a cluster the rollout is one PATCH of the pods' annotations (`sempair.dev/model-uri`,
+`sempair.dev/model-sha256`): in the TorchServe Deployment's pod template, or in a KServe
+InferenceService's predictor (`serve.kube_workload`). The serving pods read the URI through
+the downward API and pull the archive before TorchServe starts (`sempair serve pull`,
+k8s/), and the changed template makes Kubernetes replace them one by one.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import ssl
 import urllib.error
@@ -30,7 +32,7 @@ from sempair import SempairError
 from sempair.config import ServeConfig
 from sempair.lineage import model_uri
 from sempair.serving.archive import config_lines, resolve_ports
-from sempair.storage import open_source, publish
+from sempair.storage import fetch, open_source, publish, sha256_path
 
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 MODEL_URI_ANNOTATION = "sempair.dev/model-uri"
@@ -74,38 +76,73 @@ def publish_archive(archive_dir: str | Path, store: str, name: str, version: str
     return publish(archive_dir, uri, marker=f"{name}.card.json")
 
 
-def rollout(api: KubeAPI, deployment: str, model_uri: str, sha256: str,
+@dataclass(frozen=True)
+class Workload:
+    """What serves the model on the cluster, as `serve.kube_workload` names it: KIND/NAME."""
+    api_path: str       # the resource collection, e.g. /apis/apps/v1/namespaces/{ns}/deployments
+    patch_type: str
+    template: tuple[str, ...]   # where the pods' annotations live in the object
+    kind: str
+    name: str
+
+    @classmethod
+    def parse(cls, text: str) -> Workload:
+        kind, _, name = text.partition("/")
+        shapes = {
+            "deployment": ("/apis/apps/v1/namespaces/{ns}/deployments",
+                           "application/strategic-merge-patch+json",
+                           ("spec", "template", "metadata", "annotations"), "Deployment"),
+            # KServe copies the predictor's annotations onto its pods; a CRD takes no
+            # strategic merge, and a JSON merge patch of this map leaves the rest alone
+            "inferenceservice": ("/apis/serving.kserve.io/v1beta1/namespaces/{ns}/"
+                                 "inferenceservices", "application/merge-patch+json",
+                                 ("spec", "predictor", "annotations"), "InferenceService")}
+        if kind.lower() not in shapes or not name:
+            raise DeployError(f"serve.kube_workload is {text!r}; write deployment/NAME (the "
+                              "k8s/ TorchServe Deployment) or inferenceservice/NAME (the "
+                              "k8s/overlays/kserve InferenceService)")
+        return cls(*shapes[kind.lower()], name)
+
+    def patch(self, annotations: dict[str, str]) -> dict:
+        body: dict = annotations
+        for key in reversed(self.template):
+            body = {key: body}
+        return body
+
+
+def rollout(api: KubeAPI, workload: str, model_uri: str, sha256: str,
             timeout: float = 30.0) -> dict:
-    """Point the Deployment's pods at the archive at `model_uri`; returns the patched object."""
-    path = f"/apis/apps/v1/namespaces/{api.namespace}/deployments/{deployment}"
-    patch = {"spec": {"template": {"metadata": {"annotations": {
-        MODEL_URI_ANNOTATION: model_uri, MODEL_SHA_ANNOTATION: sha256}}}}}
+    """Point the workload's pods at the archive at `model_uri` (a Deployment's pod template,
+    or an InferenceService's predictor); returns the patched object."""
+    target = Workload.parse(workload)
+    path = target.api_path.format(ns=api.namespace) + f"/{target.name}"
+    patch = target.patch({MODEL_URI_ANNOTATION: model_uri, MODEL_SHA_ANNOTATION: sha256})
     request = urllib.request.Request(
         api.url + path, data=json.dumps(patch).encode(), method="PATCH",
         headers={"Authorization": f"Bearer {api.token}", "Accept": "application/json",
-                 "Content-Type": "application/strategic-merge-patch+json"})
+                 "Content-Type": target.patch_type})
     context = ssl.create_default_context(cafile=api.ca_file) if api.url.startswith(
         "https") else None
     try:
         with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as error:
-        raise DeployError(_explain(error, deployment, api.namespace)) from None
+        raise DeployError(_explain(error, target, api.namespace)) from None
     except urllib.error.URLError as error:
         raise DeployError(f"cannot reach the Kubernetes API at {api.url}: {error.reason}; "
                           "check the cluster's network policy for the API server") from None
 
 
-def _explain(error: urllib.error.HTTPError, deployment: str, namespace: str) -> str:
+def _explain(error: urllib.error.HTTPError, target: Workload, namespace: str) -> str:
     detail = error.read().decode(errors="replace")[:300]
     if error.code == 404:
-        return (f"Deployment {deployment!r} not found in namespace {namespace!r}; apply the "
-                "serving manifests (k8s/) first or set serve.kube_deployment")
+        return (f"{target.kind} {target.name!r} not found in namespace {namespace!r}; apply "
+                "the serving manifests (k8s/) first or set serve.kube_workload")
     if error.code in (401, 403):
-        return (f"the Kubernetes API refused to patch deployments/{deployment} in "
+        return (f"the Kubernetes API refused to patch {target.kind} {target.name} in "
                 f"{namespace!r} ({error.code}); grant the pipeline's service account "
-                f"'patch' on deployments there (k8s/ RBAC). {detail}")
-    return f"patching deployments/{deployment} failed ({error.code}): {detail}"
+                f"'patch' on it there (k8s/ RBAC). {detail}")
+    return f"patching {target.kind} {target.name} failed ({error.code}): {detail}"
 
 
 def smoke_test(url: str, token: str, model: str, media: Path) -> dict:
@@ -132,17 +169,50 @@ def check_target(target: str, store: str) -> str:
 
 
 def pod_config(folder: str | Path, cfg: ServeConfig, *, name: str, mar_file: str) -> Path:
-    """folder/config.properties for the serving pods: the hardened config with the pod's
-    paths. Inference listens on all of the pod's interfaces (the Service reaches the pod IP;
-    a NetworkPolicy admits only the inference port); management and metrics stay on
-    127.0.0.1, token auth stays on."""
+    """folder/config.properties for the serving pods (k8s/ ships it as their ConfigMap): the
+    hardened config with the pod's paths. Inference listens on all of the pod's interfaces
+    (the Service reaches the pod IP); management and metrics stay on 127.0.0.1. Token auth
+    is off: TorchServe makes a random key per process, which replicas behind one Service
+    cannot share, so the NetworkPolicy that admits only labelled clients to the inference
+    port is the guard (docs/operations.md)."""
     pod = dataclasses.replace(cfg, host="0.0.0.0")
     lines = config_lines(POD_HOME, POD_MODEL_STORE, pod, model_name=name, mar_file=mar_file,
-                         ports=resolve_ports(pod))
+                         ports=resolve_ports(pod), token_auth=False)
     path = Path(folder) / "config.properties"
     path.write_text("# the serving pods' TorchServe config (sempair.serving.deploy.pod_config)\n"
                     + "\n".join(lines) + "\n")
     return path
+
+
+def pull_archive(uri: str, sha256: str, model_store: Path, *, name: str) -> Path:
+    """The serving pods' init step: fetch STORE/models/<name>/<version>/serving (the URI a
+    rollout annotated the pods with), check the .mar against the annotated sha256 and its
+    card, and place it as model_store/<name>.mar (renamed into place: never half a file).
+    An s3:// archive is downloaded next to it, so the volume holds it once."""
+    if not uri:
+        raise DeployError(
+            f"no model to serve: the pod's {MODEL_URI_ANNOTATION} annotation is empty. Run "
+            "the pipeline with deploy_target=kubernetes, or roll back to a published archive "
+            "with `kubectl patch` (docs/operations.md, 'Roll back a model')")
+    if not re.fullmatch(r"[0-9a-f]{64}", sha256 or ""):
+        raise DeployError(f"{MODEL_SHA_ANNOTATION} is {sha256!r}, not a sha256; set it to "
+                          f"the archive card's archive.sha256 ({uri}/{name}.card.json)")
+    model_store.mkdir(parents=True, exist_ok=True)
+    download = model_store / ".download"    # the store's own volume: moved, not copied
+    try:
+        folder = fetch(uri, cache_dir=download, marker=f"{name}.card.json")
+        card = json.loads((folder / f"{name}.card.json").read_text())["archive"]
+        actual = sha256_path(folder / card["file"])
+        if not actual == card["sha256"] == sha256:
+            raise DeployError(f"{uri}/{card['file']} has sha256 {actual}; its card says "
+                              f"{card['sha256']} and the rollout {sha256}: the archive was "
+                              "changed or the annotations point at another version. Redeploy")
+        partial = model_store / f".{name}.mar.partial"
+        place = os.replace if folder.is_relative_to(download) else shutil.copyfile
+        place(folder / card["file"], partial)
+        return partial.replace(model_store / f"{name}.mar")
+    finally:
+        shutil.rmtree(download, ignore_errors=True)
 
 
 def smoke_media(dataset: str | Path, source: str, out_dir: str | Path) -> Path:

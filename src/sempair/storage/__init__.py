@@ -53,7 +53,9 @@ from sempair.storage.sources import (
     Source,
     SourceFile,
     default_cache_dir,
+    listing_version,
     open_source,
+    source_version,
 )
 
 __all__ = [
@@ -81,6 +83,7 @@ __all__ = [
     "fetch",
     "find",
     "is_remote",
+    "listing_version",
     "mismatched",
     "open_source",
     "parse_s3_uri",
@@ -88,6 +91,7 @@ __all__ = [
     "read_text",
     "sha256_file",
     "sha256_path",
+    "source_version",
     "upload_dir",
     "write_text",
 ]

@@ -4,6 +4,7 @@ is written last and checked first, so a reader never sees half a dataset."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -101,7 +102,8 @@ def fetch(uri: str | Path, cache_dir: str | Path | None = None,
           marker: str | None = MARKER) -> Path:
     """A local folder with the contents of `uri`: a local path as-is; an s3:// folder is
     downloaded to cache_dir/bucket/prefix (default: the download cache), or reused when
-    the remote listing is unchanged."""
+    the remote listing is unchanged. Processes fetching the same folder at once (the ranks
+    of a torchrun) take turns on a lock file: one downloads, the others reuse it."""
     if not is_remote(uri):
         return _local(uri)
     source = parse_s3_uri(str(uri))
@@ -110,10 +112,13 @@ def fetch(uri: str | Path, cache_dir: str | Path | None = None,
     record = local.parent / f".{local.name}.fetched.json"
     objects = _complete_listing(store, source, marker)   # listed once, marker checked
     listing = {o.key: [o.size, o.etag] for o in objects}
-    if local.is_dir() and record.is_file() and json.loads(record.read_text()) == listing:
-        return local
-    _download(store, source, objects, local)
-    record.write_text(json.dumps(listing, indent=1) + "\n")
+    local.parent.mkdir(parents=True, exist_ok=True)
+    with open(local.parent / f".{local.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)     # released when the file closes
+        if local.is_dir() and record.is_file() and json.loads(record.read_text()) == listing:
+            return local
+        _download(store, source, objects, local)
+        record.write_text(json.dumps(listing, indent=1) + "\n")
     return local
 
 

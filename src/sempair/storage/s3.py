@@ -217,6 +217,14 @@ class S3Store:
             return False
         return True
 
+    def ensure_bucket(self) -> bool:
+        """Create the bucket if it does not exist; True if it was created."""
+        if self._call(f"checking {self.uri()}", lambda: self.client.bucket_exists(self.bucket)):
+            return False
+        self._call(f"creating {self.uri()}", lambda: self.client.make_bucket(
+            self.bucket, location=self.settings.region or None))
+        return True
+
     def delete(self, key: str) -> None:
         self._call(f"deleting {self.uri(key)}",
                    lambda: self.client.remove_object(self.bucket, key))

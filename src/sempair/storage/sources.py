@@ -4,6 +4,7 @@ is its path relative to that root, '/'-separated. Callers list, stat, open and h
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from sempair.storage.s3 import S3Store, StorageError, _local, is_remote, parse_s
 class SourceFile:
     id: str          # path relative to the source root, '/'-separated
     size: int        # bytes
+    tag: str = ""    # what changes when the content does: the S3 ETag, a local mtime (ns)
 
 
 class Source(Protocol):
@@ -49,7 +51,8 @@ class LocalSource:
                     continue
                 path = Path(dirpath, name)
                 file_id = PurePosixPath(path.relative_to(self.root)).as_posix()
-                files.append(SourceFile(file_id, path.stat().st_size))
+                stat = path.stat()
+                files.append(SourceFile(file_id, stat.st_size, str(stat.st_mtime_ns)))
         return sorted(files, key=lambda f: f.id)
 
     def open(self, file_id: str) -> BinaryIO:
@@ -91,7 +94,7 @@ class S3Source:
             file_id = obj.key.removeprefix(self.location.folder)
             if file_id.endswith("/") or any(p.startswith(".") for p in file_id.split("/")):
                 continue
-            files.append(SourceFile(file_id, obj.size))
+            files.append(SourceFile(file_id, obj.size, obj.etag))
         return files
 
     def open(self, file_id: str) -> BinaryIO:
@@ -128,6 +131,19 @@ def default_cache_dir() -> Path:
     """$XDG_CACHE_HOME/sempair/s3 (~/.cache/sempair/s3): where S3 downloads land."""
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "sempair" / "s3"
+
+
+def listing_version(files: list[SourceFile]) -> str:
+    """The data version of a source: one checksum over every file's (id, size, tag). Any
+    added, removed or rewritten recording (or events.csv) changes it; a listing is enough,
+    nothing is read."""
+    lines = sorted(f"{f.id}\t{f.size}\t{f.tag}\n" for f in files)
+    return "sha256:" + hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def source_version(uri: str | Path) -> str:
+    """listing_version of the recordings at `uri` (a folder or s3:// URI)."""
+    return listing_version(open_source(uri).list())
 
 
 def open_source(uri: str | Path) -> LocalSource | S3Source:
