@@ -76,9 +76,9 @@ def training_pipeline(
     store: where datasets, validation reports and models are published (s3://bucket or a
       folder; empty: only the pipeline's own artifacts).
     reference: a dataset (folder or URI) to check drift against; empty: no drift check.
-    deploy_target: "kubernetes" rolls the TorchServe Deployment to the new archive (needs
-      a store), "local" starts TorchServe in serve_dir and smoke-tests it, "none" stops
-      after publishing the archive.
+    deploy_target: "kubernetes" rolls the serving workload (serve.kube_workload) to the new
+      archive (needs a store), "local" starts TorchServe in serve_dir and smoke-tests it,
+      "none" stops after publishing the archive.
     data_version: the source's version at submission (`sempair pipeline submit` passes it);
       the dataset records the version ingest actually read.
     overrides: params.yaml overrides, e.g. ["ingest.clip_seconds=2.0"]."""
