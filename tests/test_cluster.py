@@ -2,6 +2,7 @@
 PipelineSpec with its Kubernetes config, and `submit` / `schedule` send a fake KFP API
 server on 127.0.0.1 the requests a real one expects."""
 
+import functools
 import json
 import os
 import time
@@ -34,13 +35,20 @@ def recordings(tmp_path):
     return folder
 
 
+@functools.cache
+def _compiled() -> tuple[dict, dict]:
+    """The checked-in YAML's two documents: the PipelineSpec and its PlatformSpec."""
+    spec, platform = yaml.safe_load_all(COMPILED.read_text())
+    return spec, platform
+
+
 def _platform(executor: str) -> dict:
-    _, platform = yaml.safe_load_all(COMPILED.read_text())
-    return platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"][executor]
+    """One executor's Kubernetes config (kfp-kubernetes)."""
+    return _compiled()[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"][executor]
 
 
 def test_compiled_pipeline_parses_as_a_pipeline_spec_and_asks_for_a_gpu(cfg):
-    spec, platform = yaml.safe_load_all(COMPILED.read_text())
+    spec, platform = _compiled()
     pipeline = json_format.ParseDict(spec, pipeline_spec_pb2.PipelineSpec())
     json_format.ParseDict(platform, pipeline_spec_pb2.PlatformSpec())
     assert pipeline.pipeline_info.name == cfg.pipeline.name
@@ -55,9 +63,7 @@ def test_compiled_pipeline_parses_as_a_pipeline_spec_and_asks_for_a_gpu(cfg):
 
 
 def test_every_task_reads_the_store_settings_from_the_cluster_and_runs_non_root(cfg):
-    executors = yaml.safe_load(COMPILED.read_text().split("\n---\n")[0])[
-        "deploymentSpec"]["executors"]
-    for name in executors:
+    for name in _compiled()[0]["deploymentSpec"]["executors"]:
         config = _platform(name)
         [secret] = config["secretAsEnv"]
         assert secret["secretName"] == cfg.pipeline.s3_secret, name
