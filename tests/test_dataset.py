@@ -39,3 +39,51 @@ def test_unknown_split_and_incomplete_folder_are_explained(synth_dataset, tmp_pa
     (tmp_path / "shards").mkdir()
     with pytest.raises(DatasetError, match="unfinished ingest"):
         ClipDataset(tmp_path)
+
+
+# -- damaged datasets are named before any work ------------------------------------------
+
+def damaged_copy(synth_dataset, tmp_path):
+    import shutil
+
+    copy = tmp_path / "damaged"
+    shutil.copytree(synth_dataset, copy)
+    shard = sorted((copy / "shards").glob("*.video.npy"))[0]
+    return copy, shard
+
+
+def test_a_tampered_shard_fails_its_checksum_and_trains_nothing(synth_dataset, tmp_path):
+    from sempair.config import load_config
+    from sempair.train import train
+    from tests.conftest import TRAIN_SMALL
+
+    copy, shard = damaged_copy(synth_dataset, tmp_path)
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0xFF                                     # one pixel: same size, other bytes
+    shard.write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match="changed or missing since ingest") as error:
+        train(copy, tmp_path / "model", load_config(None, TRAIN_SMALL))
+    assert f"shards/{shard.name}" in str(error.value)
+    assert not (tmp_path / "model").exists()
+    assert len(ClipDataset(copy, verify=False)) == len(ClipDataset(synth_dataset))
+
+
+def test_a_truncated_shard_and_a_bad_manifest_row_are_named(synth_dataset, tmp_path):
+    import pandas as pd
+
+    copy, shard = damaged_copy(synth_dataset, tmp_path)
+    whole = shard.read_bytes()
+    shard.write_bytes(whole[:len(whole) // 2])
+    with pytest.raises(DatasetError, match="changed or missing"):
+        ClipDataset(copy)
+    with pytest.raises(DatasetError, match="is truncated") as error:   # even unverified
+        ClipDataset(copy, verify=False)
+    assert str(shard) in str(error.value)
+
+    shard.write_bytes(whole)
+    manifest = pd.read_parquet(copy / "manifest.parquet")
+    manifest.loc[manifest["shard"] == shard.name.split(".")[0], "row"] += 10_000
+    manifest.to_parquet(copy / "manifest.parquet", index=False)
+    with pytest.raises(DatasetError, match="manifest.parquet points at rows") as error:
+        ClipDataset(copy, verify=False)
+    assert f"shards/{shard.name.split('.')[0]}." in str(error.value)

@@ -123,6 +123,57 @@ def test_fetch_lists_the_remote_folder_once(s3_env, tmp_path, monkeypatch):
     assert listed == ["datasets/once/"]   # downloaded from the listing that passed the check
 
 
+@pytest.mark.parametrize("escape", ["/{outside}/evil.txt", "../evil.txt", "sub/../../evil.txt",
+                                    "./evil.txt", "sub//evil.txt"])
+def test_a_key_that_leaves_the_destination_refuses_the_fetch(s3_env, s3_server, tmp_path,
+                                                              escape):
+    """Object keys are chosen by whoever can write to the bucket: `ds/` + an absolute path
+    was once written to that absolute path. Now no byte is written anywhere."""
+    make_folder(tmp_path / "data")
+    uri = f"s3://{s3_env}/ds"
+    publish(tmp_path / "data", uri)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    key = "ds/" + escape.format(outside=str(outside).lstrip("/"))
+    s3_server.client().put_object(Bucket=s3_env, Key=key, Body=b"pwned",
+                                  Metadata={"sha256": sha256(b"pwned")})
+    assert key in {o.key for o in S3Store(s3_env).list("ds/")}   # stored verbatim
+
+    with pytest.raises(StorageError, match="would not land inside the destination") as error:
+        fetch(uri, tmp_path / "cache")
+    assert repr(key) in str(error.value)
+    with pytest.raises(StorageError, match="refusing to fetch"):
+        download_dir(uri, tmp_path / "copy")
+    assert not list(outside.rglob("*")) and not (tmp_path / "evil.txt").exists()
+    assert not list(tmp_path.rglob("evil.txt"))
+    assert not (tmp_path / "copy").exists() and not (tmp_path / "cache" / s3_env / "ds").exists()
+
+
+def test_an_object_without_a_checksum_is_refused_unless_allowed(s3_env, s3_server, tmp_path,
+                                                                monkeypatch):
+    make_folder(tmp_path / "data")
+    uri = f"s3://{s3_env}/models/m"
+    publish(tmp_path / "data", uri)
+    s3_server.client().put_object(Bucket=s3_env, Key="models/m/model.pt", Body=b"weights")
+    with pytest.raises(StorageError, match=r"no sha256 metadata.*SEMPAIR_ALLOW_UNVERIFIED=1"):
+        fetch(uri, tmp_path / "cache")
+    assert not (tmp_path / "cache" / s3_env / "models" / "m").exists()
+
+    monkeypatch.setenv("SEMPAIR_ALLOW_UNVERIFIED", "1")      # the user's explicit opt-in
+    assert (fetch(uri, tmp_path / "cache") / "model.pt").read_bytes() == b"weights"
+    monkeypatch.setenv("SEMPAIR_ALLOW_UNVERIFIED", "maybe")
+    with pytest.raises(StorageError, match="set it to 1 or 0"):
+        S3Settings.from_env()
+
+
+def test_recordings_from_other_tools_need_no_checksum(s3_env, s3_server):
+    """Cameras and `mc cp` record no sha256: media is decoded as untrusted input anyway, and
+    ingest hashes each file it reads into recordings.parquet."""
+    s3_server.client().put_object(Bucket=s3_env, Key="raw/cam.mp4", Body=b"media")
+    with open_source(f"s3://{s3_env}/raw").local_copy("cam.mp4") as path:
+        assert path.read_bytes() == b"media"
+
+
 def test_local_publish_and_fetch(tmp_path):
     files = make_folder(tmp_path / "data")
     out = publish(tmp_path / "data", tmp_path / "models" / "m1")

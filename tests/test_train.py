@@ -11,6 +11,7 @@ import time
 import pytest
 import torch
 
+from sempair import weights
 from sempair.config import load_config
 from sempair.dataset import read_meta
 from sempair.train import TrainingError, train
@@ -60,8 +61,7 @@ def test_each_mode_trains_and_writes_a_model_folder(tmp_path, synth_dataset, ext
     if cfg.train.candidates == "dataset" and cfg.train.pairing == "epg":
         refreshes = [1, 2] if cfg.train.refresh_every == 1 else [1]
         assert [r["epoch"] for r in log if r["kind"] == "mining"] == refreshes
-    weights = torch.load(out / "model.pt", weights_only=False)
-    assert weights["features"] == meta["features"]
+    assert weights.load(out / "model.pt")["features"] == meta["features"]
 
 
 def test_kill_9_then_resume_gives_the_uninterrupted_losses(tmp_path, synth_dataset):
@@ -78,7 +78,7 @@ def test_kill_9_then_resume_gives_the_uninterrupted_losses(tmp_path, synth_datas
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert torch.load(cut / "checkpoint.pt", weights_only=False)["epoch"] == 2  # lost < 1 epoch
+    assert weights.load(cut / "checkpoint.pt")["epoch"] == 2  # lost < 1 epoch
     train(synth_dataset, cut, small("train.epochs=4"), resume=True)
     losses = lambda out: [(r["step"], r["loss"]) for r in steps(out) if r["kind"] == "step"]  # noqa: E731
     assert losses(cut) == losses(whole)

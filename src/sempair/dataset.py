@@ -14,7 +14,9 @@ one or more per recording, so workers write them in parallel and millions of cli
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,7 @@ import pandas as pd
 import torch
 
 from sempair import SempairError
+from sempair.storage.hashing import mismatched
 
 FORMAT = "sempair-clips"
 FORMAT_VERSION = 1
@@ -80,6 +83,26 @@ def read_meta(root: str | Path) -> dict:
     return meta
 
 
+def files_checksum(files: Mapping[str, str]) -> str:
+    """The dataset checksum: sha256 over the "relative-path sha256" lines, in the order
+    ingest listed them (meta.json keeps it)."""
+    listing = "".join(f"{name} {digest}\n" for name, digest in files.items())
+    return f"sha256:{hashlib.sha256(listing.encode()).hexdigest()}"
+
+
+def verify_files(root: str | Path, meta: dict) -> None:
+    """Every data file hashes to what meta.json recorded at ingest, and the dataset
+    checksum covers that list: a tampered, truncated or missing file is named."""
+    root, files = Path(root), meta.get("files", {})
+    bad = mismatched(root, files)
+    if bad or files_checksum(files) != meta.get("checksum"):
+        what = (f"{len(bad)} of {len(files)} files changed or missing since ingest (e.g. "
+                f"{', '.join(bad[:3])})" if bad else "meta.json's checksum does not match its "
+                "file list (meta.json was edited)")
+        raise DatasetError(f"{root}: {what}, so it is not dataset {meta.get('dataset_id')}; "
+                           "`dvc pull` it again, fetch it again, or re-ingest")
+
+
 def read_manifest(root: str | Path, split: str | None = None) -> pd.DataFrame:
     read_meta(root)
     manifest = pd.read_parquet(Path(root) / "manifest.parquet")
@@ -96,13 +119,18 @@ class ClipDataset(torch.utils.data.Dataset):
 
     item = {"audio": float32 [n_mels, mel_frames], "video": uint8 [T, 3, H, W],
             "index": int (row in the whole manifest), "recording": str, "start": float}
-    Video stays uint8 (4× less to copy); the model converts it to float.
+    Video stays uint8 (4× less to copy); the model converts it to float. Opening checks
+    every file against meta.json's checksums (`verify=False` skips the hashing) and every
+    manifest row against its shard, so damage is named before any training step.
     """
 
-    def __init__(self, root: str | Path, split: str | None = None):
+    def __init__(self, root: str | Path, split: str | None = None, verify: bool = True):
         self.root = Path(root)
         self.meta = read_meta(self.root)
+        if verify:
+            verify_files(self.root, self.meta)
         self.manifest = read_manifest(self.root, split)
+        self._check_rows()
         self._index = self.manifest["index"].to_numpy()
         self._shard = self.manifest["shard"].to_numpy()
         self._row = self.manifest["row"].to_numpy()
@@ -113,10 +141,31 @@ class ClipDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.manifest)
 
+    def _check_rows(self) -> None:
+        """Each manifest row points inside a shard whose items have the recorded shape."""
+        shapes = self.meta.get("shapes", {})
+        for shard, rows in self.manifest.groupby("shard")["row"]:
+            for kind in ("audio", "video"):
+                path = self.root / "shards" / f"{shard}.{kind}.npy"
+                shape = _npy_shape(path)
+                if kind in shapes and list(shape[1:]) != shapes[kind]:
+                    raise DatasetError(f"{path} holds items of shape {list(shape[1:])}, not "
+                                       f"the {shapes[kind]} in meta.json; re-ingest {self.root}")
+                if rows.min() < 0 or rows.max() >= shape[0]:
+                    raise DatasetError(
+                        f"{self.root / 'manifest.parquet'} points at rows {rows.min()}..."
+                        f"{rows.max()} of {path}, which has {shape[0]}; the manifest or the "
+                        "shard is damaged: re-ingest, or `dvc pull` the dataset again")
+
     def _array(self, shard: str, kind: str) -> np.ndarray:
         key = f"{shard}.{kind}"
         if key not in self._arrays:
-            self._arrays[key] = np.load(self.root / "shards" / f"{key}.npy", mmap_mode="r")
+            path = self.root / "shards" / f"{key}.npy"
+            try:
+                self._arrays[key] = np.load(path, mmap_mode="r")
+            except (OSError, ValueError) as error:
+                raise DatasetError(f"{path} cannot be read ({error}); it is truncated or "
+                                   "damaged: re-ingest, or `dvc pull` the dataset again") from None
         return self._arrays[key]
 
     def __getitem__(self, i: int) -> dict:
@@ -149,3 +198,25 @@ class ClipDataset(torch.utils.data.Dataset):
         state = self.__dict__.copy()
         state["_arrays"] = {}   # memory maps are reopened in each DataLoader worker
         return state
+
+
+def _npy_shape(path: Path) -> tuple[int, ...]:
+    """The shape in a .npy header, checked against the file's size (a cut file is named)."""
+    try:
+        with open(path, "rb") as handle:
+            read_header = (np.lib.format.read_array_header_1_0
+                           if np.lib.format.read_magic(handle) == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read_header(handle)
+            header = handle.tell()
+    except FileNotFoundError:
+        raise DatasetError(f"{path} is missing; the manifest names a shard the dataset "
+                           "does not have: re-ingest, or `dvc pull` the dataset again") from None
+    except (OSError, ValueError) as error:
+        raise DatasetError(f"{path} is not a readable .npy shard ({error}): re-ingest, or "
+                           "`dvc pull` the dataset again") from None
+    expected = header + int(np.prod(shape)) * dtype.itemsize
+    if path.stat().st_size < expected:
+        raise DatasetError(f"{path} is truncated: {path.stat().st_size} bytes, its header "
+                           f"promises {expected}; re-ingest, or `dvc pull` the dataset again")
+    return tuple(shape)

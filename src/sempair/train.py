@@ -33,7 +33,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from sempair import SempairError, __version__, json_safe
+from sempair import SempairError, __version__, json_safe, weights
 from sempair.config import Config
 from sempair.dataset import ClipDataset
 from sempair.lineage import build_card, validation_record, write_card
@@ -189,12 +189,6 @@ def embed_all(model: AVEncoders, data: ClipDataset, batch_size: int, rt: Runtime
             parts.append(full)
         video, audio = parts
     return video.cpu(), audio.cpu()
-
-
-def _save_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 class JsonLog:
@@ -391,12 +385,13 @@ def train(dataset: str | Path, out: str | Path, cfg: Config, *, resume: bool = F
                          f"{last_quality['base_rate']:.2f} random"
                          if not math.isnan(last_quality.get("mined_precision", math.nan))
                          else "") + f" ({train_seconds:.1f} s)")
-            _save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            weights.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                           "scheduler": scheduler.state_dict(), "epoch": epoch + 1,
                           "step": step, "config": cfg.to_dict(),
                           "dataset_id": data.meta["dataset_id"],
-                          "mined": None if mined is None else (mined.indptr, mined.indices),
-                          "bank": bank, "fresh": fresh},
+                          "mined": None if mined is None else (
+                              torch.from_numpy(mined.indptr), torch.from_numpy(mined.indices)),
+                          "bank": bank, "fresh": torch.from_numpy(fresh)},
                          out / CHECKPOINT)
         if rt.world > 1:
             dist.barrier()
@@ -433,7 +428,7 @@ def _write_history(out: Path) -> None:
 
 def _load_checkpoint(path: Path, model, optimizer, scheduler, cfg: Config,
                      data: ClipDataset):
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = weights.load(path)
     ours = {section: cfg.to_dict()[section] for section in RESUME_SECTIONS}
     if {section: state["config"].get(section) for section in RESUME_SECTIONS} != ours:
         changed = sorted(f"{section}.{key}" for section, values in ours.items()
@@ -447,8 +442,9 @@ def _load_checkpoint(path: Path, model, optimizer, scheduler, cfg: Config,
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    mined = Partners(*state["mined"]) if state["mined"] is not None else None
-    return state["epoch"], state["step"], mined, state["bank"], state["fresh"]
+    mined = Partners(*(x.numpy() for x in state["mined"])) if state["mined"] is not None \
+        else None
+    return state["epoch"], state["step"], mined, state["bank"], state["fresh"].numpy()
 
 
 def _bank_quality(mined: Partners, labels: np.ndarray | None) -> dict[str, float]:
@@ -476,7 +472,7 @@ def _mean_quality(records: list[dict]) -> dict[str, float]:
 def _write_model(out: Path, model: AVEncoders, cfg: Config, data: ClipDataset) -> None:
     """The model folder: weights with what they need to run, full config, data lineage."""
     meta = data.meta
-    _save_atomic({"model": model.state_dict(), "model_config": asdict(cfg.model),
+    weights.save({"model": model.state_dict(), "model_config": asdict(cfg.model),
                   "features": meta["features"], "clip_seconds": meta["ingest"]["clip_seconds"],
                   "sempair_version": __version__}, out / WEIGHTS)
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from sempair import SempairError
+from sempair import SempairError, weights
 from sempair.config import ModelConfig
 from sempair.dataset import ClipDataset
 from sempair.models import AVEncoders
@@ -55,7 +55,7 @@ def load_encoders(model_dir: str | Path) -> tuple[AVEncoders, dict]:
     path = Path(model_dir) / "model.pt"
     if not path.is_file():
         raise EvaluationError(f"{path} not found: pass the folder `sempair train` wrote")
-    saved = torch.load(path, map_location="cpu", weights_only=False)
+    saved = weights.load(path)
     cfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v
                          for k, v in saved["model_config"].items()})
     model = AVEncoders(cfg)

@@ -32,7 +32,7 @@ import faiss
 import numpy as np
 import torch
 
-from sempair import SempairError, __version__, json_safe
+from sempair import SempairError, __version__, json_safe, weights
 from sempair.config import ServeConfig
 from sempair.dataset import ClipDataset
 from sempair.evaluate.anomaly import AnomalyScorer
@@ -164,7 +164,7 @@ def _write_modality_probes(bundle: Path, release: Path, data: ClipDataset, rows:
 
 
 def _features(release: Path, data: ClipDataset) -> dict:
-    saved = torch.load(release / "model.pt", map_location="cpu", weights_only=False)
+    saved = weights.load(release / "model.pt")
     return {"features": saved["features"], "clip_seconds": saved["clip_seconds"],
             "hop_seconds": data.meta["ingest"]["hop_seconds"]}
 

@@ -68,10 +68,10 @@ def _download(store: S3Store, source: S3Uri, objects: list[ObjectInfo], local_di
     """Download `objects` (a listing of `source`) into a hidden sibling of `local_dir`, every
     file verified, then swap it into place."""
     tmp = _sibling(local_dir, "partial")
+    targets = [(o.key, tmp / _confined(source, o.key)) for o in objects]   # all, before any
     try:
         _parallel(store.transfer.workers, [
-            (lambda o=o: store.download(o.key, tmp / o.key.removeprefix(source.folder)))
-            for o in objects])
+            (lambda key=key, path=path: store.download(key, path)) for key, path in targets])
         tmp.mkdir(parents=True, exist_ok=True)   # an empty folder (no marker rule) too
         _replace_dir(tmp, local_dir)
     finally:
@@ -168,6 +168,26 @@ def _complete_listing(store: S3Store, source: S3Uri, marker: str | None) -> list
         raise StorageError(f"{source} is incomplete: no {marker}; an upload is still running "
                            "or failed — re-run it")
     return objects
+
+
+def _confined(source: S3Uri, key: str) -> PurePosixPath:
+    """The local path, relative to the destination, of object `key` under `source`.
+
+    Object keys are arbitrary strings chosen by whoever can write to the bucket: a key that
+    would land outside the destination (an absolute path after the prefix, '..', '.', an
+    empty segment, a backslash or NUL) refuses the whole fetch, naming the key.
+    """
+    relative = key.removeprefix(source.folder)
+    parts = relative.split("/")
+    unsafe = (not key.startswith(source.folder) or not relative
+              or any(p in ("", ".", "..") or "\\" in p or "\0" in p for p in parts))
+    if unsafe:
+        raise StorageError(
+            f"refusing to fetch {source}: object key {key!r} would not land inside the "
+            "destination folder (an absolute path, '..', '.', an empty segment, a backslash "
+            "or NUL in it); nothing was downloaded. Delete or rename that object, and check "
+            "who can write to the bucket")
+    return PurePosixPath(*parts)
 
 
 def _files(folder: Path) -> list[str]:

@@ -33,6 +33,8 @@ from sempair.storage.hashing import HASH_BLOCK, sha256_file
 MIB = 1 << 20
 MIN_PART_SIZE = 5 * MIB   # the S3 minimum for every multipart part but the last
 SHA256_META = "sha256"    # stored as the object metadata header x-amz-meta-sha256
+# opt-in to reading objects that carry no sha256 (written by another tool): unverified bytes
+ALLOW_UNVERIFIED_ENV = "SEMPAIR_ALLOW_UNVERIFIED"
 
 # S3 error codes worth another try; anything else the server says is final
 TRANSIENT_CODES = frozenset({
@@ -65,12 +67,14 @@ class S3Settings:
     secret_key: str = field(repr=False)
     session_token: str | None = field(default=None, repr=False)
     region: str = "us-east-1"
+    allow_unverified: bool = False    # read objects without a recorded sha256 (opt-in)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> S3Settings:
         """Read AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, optional
         AWS_SESSION_TOKEN and AWS_REGION (default us-east-1): the variables boto3 and DVC
-        read, so one set (or one Kubernetes Secret) drives both."""
+        read, so one set (or one Kubernetes Secret) drives both. SEMPAIR_ALLOW_UNVERIFIED=1
+        accepts objects that carry no sha256 (see `S3Store.download`)."""
         env = os.environ if env is None else env
         names = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
         missing = [name for name in names if not env.get(name)]
@@ -79,7 +83,8 @@ class S3Settings:
                                " in the environment (on Kubernetes, from the storage Secret)")
         return cls(env["AWS_ENDPOINT_URL"].rstrip("/"), env["AWS_ACCESS_KEY_ID"],
                    env["AWS_SECRET_ACCESS_KEY"], env.get("AWS_SESSION_TOKEN") or None,
-                   env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1")
+                   env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
+                   _flag(env, ALLOW_UNVERIFIED_ENV))
 
     def __post_init__(self):
         parts = urlsplit(self.endpoint)
@@ -241,14 +246,19 @@ class S3Store:
         self._check_stored(key, path.stat().st_size, digest)
         return digest
 
-    def download(self, key: str, dest: str | Path) -> str:
-        """Download to `dest` via a temp name, then rename; returns the verified sha256."""
+    def download(self, key: str, dest: str | Path, require_checksum: bool = True) -> str:
+        """Download to `dest` via a temp name, then rename; returns the verified sha256.
+
+        An object without a recorded sha256 is refused unless `require_checksum` is False
+        (recordings from cameras and other tools: media, decoded as untrusted input anyway)
+        or the settings allow unverified objects ($SEMPAIR_ALLOW_UNVERIFIED=1).
+        """
         dest = Path(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         part = dest.with_name(f".{dest.name}.part-{os.getpid()}-{threading.get_ident()}")
         try:
-            digest = self._call(f"downloading {self.uri(key)}",
-                                lambda: self._get(key, functools.partial(open, part, "wb")))
+            digest = self._call(f"downloading {self.uri(key)}", lambda: self._get(
+                key, functools.partial(open, part, "wb"), require_checksum))
             os.replace(part, dest)
         finally:
             part.unlink(missing_ok=True)
@@ -280,16 +290,24 @@ class S3Store:
 
     # -- verification ------------------------------------------------------------------
 
-    def _get(self, key: str, open_out: Callable[[], contextlib.AbstractContextManager]) -> str:
-        """One GET into a fresh output, hashed on the way; the stored sha256 must match."""
+    def _get(self, key: str, open_out: Callable[[], contextlib.AbstractContextManager],
+             require_checksum: bool = True) -> str:
+        """One GET into a fresh output, hashed on the way; the stored sha256 must match,
+        and must exist unless not required."""
         response = self.client.get_object(self.bucket, key)
         try:
+            expected = response.headers.get(f"x-amz-meta-{SHA256_META}")
+            if expected is None and require_checksum and not self.settings.allow_unverified:
+                raise StorageError(
+                    f"{self.uri(key)} has no sha256 metadata, so its bytes cannot be verified "
+                    "(it was not written by sempair); refusing it. Publish it with sempair "
+                    f"(which records x-amz-meta-{SHA256_META}), or, if you trust everyone who "
+                    f"can write to the bucket, set {ALLOW_UNVERIFIED_ENV}=1")
             digest = hashlib.sha256()
             with open_out() as out:
                 for block in response.stream(HASH_BLOCK, decode_content=False):
                     digest.update(block)
                     out.write(block)
-            expected = response.headers.get(f"x-amz-meta-{SHA256_META}")
         finally:
             response.close()
             response.release_conn()
@@ -356,6 +374,13 @@ class S3Store:
                                 f"({attempts} attempts) and not as an S3 server would; check "
                                 "AWS_ENDPOINT_URL and the server's health")
         return error   # ours (a checksum) or a local problem (a missing file): already clear
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    value = env.get(name, "").strip().lower()
+    if value not in ("", "0", "1", "false", "true", "no", "yes"):
+        raise StorageError(f"{name}={env[name]!r} is not a yes/no value; set it to 1 or 0")
+    return value in ("1", "true", "yes")
 
 
 def _http_client(transfer: Transfer) -> urllib3.PoolManager:

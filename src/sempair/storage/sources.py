@@ -4,12 +4,14 @@ is its path relative to that root, '/'-separated. Callers list, stat, open and h
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from stat import S_ISBLK, S_ISCHR, S_ISDIR, S_ISFIFO, S_ISREG, S_ISSOCK
 from typing import BinaryIO, Protocol
 
 from sempair.storage.s3 import S3Store, StorageError, _local, is_remote, parse_s3_uri
@@ -20,6 +22,7 @@ class SourceFile:
     id: str          # path relative to the source root, '/'-separated
     size: int        # bytes
     tag: str = ""    # what changes when the content does: the S3 ETag, a local mtime (ns)
+    problem: str = ""   # why this entry cannot be read (never opened then); "" when fine
 
 
 class Source(Protocol):
@@ -43,17 +46,68 @@ class LocalSource:
                                     "folder); pass the folder that holds the recordings")
 
     def list(self) -> list[SourceFile]:
-        files = []
-        for dirpath, dirnames, filenames in os.walk(self.root):
+        """Every entry under the root. One that cannot be read as a regular file inside the
+        root (a broken or escaping symlink, a FIFO, a name that is not UTF-8, a folder that
+        cannot be entered) is listed with its `problem` and is never opened. Symlinked
+        folders are not followed: inside the root their files are listed under their own
+        path; one leaving the root is listed as `name/` with its problem."""
+        files: list[SourceFile] = []
+
+        def unreadable(error: OSError) -> None:
+            files.append(self._folder_problem(Path(error.filename), (
+                f"folder not read ({error.strerror}); fix its permissions, or move it out "
+                "of the source")))
+
+        for dirpath, dirnames, filenames in os.walk(self.root, onerror=unreadable):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for folder in (Path(dirpath, name) for name in dirnames):
+                if folder.is_symlink() and not self._inside(folder):
+                    files.append(self._folder_problem(folder, _outside(folder)))
             for name in sorted(filenames):
-                if name.startswith("."):
-                    continue
-                path = Path(dirpath, name)
-                file_id = PurePosixPath(path.relative_to(self.root)).as_posix()
-                stat = path.stat()
-                files.append(SourceFile(file_id, stat.st_size, str(stat.st_mtime_ns)))
+                if not name.startswith("."):
+                    files += self._entry(Path(dirpath, name))
         return sorted(files, key=lambda f: f.id)
+
+    def _entry(self, path: Path) -> list[SourceFile]:
+        """[the SourceFile at `path`], or [] if it vanished while listing."""
+        file_id, problem = self._id(path)
+        if path.is_symlink() and not self._inside(path):
+            return [SourceFile(file_id, 0, problem=problem or _outside(path))]
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            if not path.is_symlink():
+                return []      # deleted between the walk and here: not in the source
+            return [SourceFile(file_id, 0, problem=problem or (
+                f"dangling symlink to {_target(path)} (nothing there); restore its target "
+                "or delete the link"))]
+        except OSError as error:
+            return [SourceFile(file_id, 0, problem=problem or _unreadable(error))]
+        if not S_ISREG(stat.st_mode):
+            problem = problem or (f"{_kind(stat.st_mode)}, not a regular file: never opened "
+                                  "(reading it could block); replace it with the recording "
+                                  "itself, or move it out of the source")
+        return [SourceFile(file_id, stat.st_size, str(stat.st_mtime_ns), problem)]
+
+    def _id(self, path: Path) -> tuple[str, str]:
+        """(id, problem): a name that is not UTF-8 cannot be stored (parquet, JSON), so it
+        gets its bytes escaped (\\xNN) in the id and a problem."""
+        file_id = PurePosixPath(path.relative_to(self.root)).as_posix()
+        try:
+            file_id.encode("utf-8")
+        except UnicodeEncodeError:
+            return _escaped(file_id), (
+                "its name is not valid UTF-8 (shown with its bytes escaped), so it cannot be "
+                "named in the dataset; rename it to UTF-8 (e.g. `convmv -f latin1 -t utf8 "
+                "-r --notest FOLDER`)")
+        return file_id, ""
+
+    def _folder_problem(self, path: Path, problem: str) -> SourceFile:
+        file_id, name_problem = self._id(path)
+        return SourceFile(file_id + "/", 0, problem=name_problem or problem)
+
+    def _inside(self, path: Path) -> bool:
+        return Path(os.path.realpath(path)).is_relative_to(self.root)
 
     def open(self, file_id: str) -> BinaryIO:
         return open(self.path(file_id), "rb")
@@ -69,10 +123,16 @@ class LocalSource:
 
     @contextlib.contextmanager
     def local_copy(self, file_id: str) -> Iterator[Path]:
-        """The file itself: it is local already."""
+        """The file itself: it is local already. OSError if it is no longer a regular file
+        (it vanished, or became a FIFO, after it was listed): never opened then."""
         path = self.path(file_id)
-        if not path.is_file():
-            raise FileNotFoundError(f"{file_id} is not in {self.uri}")
+        try:
+            mode = path.stat().st_mode
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{file_id} vanished from {self.uri} after it was "
+                                    "listed; copy it back, or re-run ingest") from None
+        if not S_ISREG(mode):
+            raise IsADirectoryError(f"{file_id} is {_kind(mode)}, not a regular file")
         yield path
 
 
@@ -107,7 +167,7 @@ class S3Source:
         if path is None or not path.is_file():
             key = self.location.key(file_id)
             path = self.cache_dir / self.location.bucket / key
-            self.store.download(key, path)
+            self.store.download(key, path, require_checksum=False)   # media: untrusted anyway
             self._paths[file_id] = path
         return path
 
@@ -123,8 +183,39 @@ class S3Source:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="copy-", dir=self.cache_dir) as folder:
             path = Path(folder) / PurePosixPath(file_id).name
-            self.store.download(self.location.key(file_id), path)
+            self.store.download(self.location.key(file_id), path, require_checksum=False)
             yield path
+
+
+def _outside(link: Path) -> str:
+    # no absolute root in the words: the reason is part of the dataset, wherever mounted
+    return (f"symlink to {_target(link)}, outside the source folder: not followed; copy "
+            "what it points to into the source, or ingest that separately")
+
+
+def _target(link: Path) -> str:
+    return _escaped(os.readlink(link))
+
+
+def _escaped(name: str) -> str:
+    """`name` storable as UTF-8: bytes that are not UTF-8 written as \\xNN."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def _kind(mode: int) -> str:
+    kinds = ((S_ISFIFO, "a named pipe (FIFO)"), (S_ISSOCK, "a socket"),
+             (S_ISCHR, "a character device"), (S_ISBLK, "a block device"),
+             (S_ISDIR, "a folder"))
+    return next((name for test, name in kinds if test(mode)), "a special file")
+
+
+def _unreadable(error: OSError) -> str:
+    """Why stat failed, without the path (a local path is no part of a stable reason)."""
+    if error.errno == errno.ELOOP:
+        return ("a symlink loop: the link leads back to itself; point it at the recording, "
+                "or delete it")
+    return (f"cannot read it ({error.strerror or type(error).__name__}); fix its "
+            "permissions, or move it out of the source")
 
 
 def default_cache_dir() -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
+from sempair.dataset import files_checksum
 from sempair.validation.result import CRITICAL, Check
 from sempair.validation.suites import Dataset
 
@@ -20,8 +21,7 @@ def integrity_checks(data: Dataset) -> list[Check]:
             with open(path, "rb") as handle:
                 if hashlib.file_digest(handle, "sha256").hexdigest() != digest:
                     bad.append(f"{rel} (changed)")
-    listing = "".join(f"{k} {v}\n" for k, v in files.items())
-    checksum = f"sha256:{hashlib.sha256(listing.encode()).hexdigest()}"
+    checksum = files_checksum(files)
     fix = "the dataset was modified or copied incompletely; `dvc pull` it again or re-ingest"
     return [
         Check("integrity", "files match meta.json", CRITICAL, not bad,
