@@ -84,6 +84,6 @@ def test_a_truncated_shard_and_a_bad_manifest_row_are_named(synth_dataset, tmp_p
     manifest = pd.read_parquet(copy / "manifest.parquet")
     manifest.loc[manifest["shard"] == shard.name.split(".")[0], "row"] += 10_000
     manifest.to_parquet(copy / "manifest.parquet", index=False)
-    with pytest.raises(DatasetError, match="manifest.parquet points at rows") as error:
+    with pytest.raises(DatasetError, match=r"manifest\.parquet points at rows") as error:
         ClipDataset(copy, verify=False)
     assert f"shards/{shard.name.split('.')[0]}." in str(error.value)

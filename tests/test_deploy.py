@@ -1,6 +1,7 @@
 """The deploy step's pieces: the Kubernetes rollout (against a fake API server on
 127.0.0.1 that records what it is sent), the pods' config, the smoke-test media."""
 
+import dataclasses
 import hashlib
 import json
 
@@ -93,10 +94,13 @@ def test_in_cluster_settings_are_required_for_the_kubernetes_target(monkeypatch)
     assert check_target("local", store="") == "local"
 
 
-def test_the_pods_config_keeps_management_private(tmp_path, cfg):
-    path = pod_config(tmp_path, cfg.serve, name="sempair-av", mar_file="sempair-av.mar")
+def test_the_pods_config_keeps_every_port_private(tmp_path, cfg):
+    """Even with serve.host set to the pod IP, TorchServe listens on loopback only: the
+    pod's nginx proxy is the front door (it times out slow clients, TorchServe does not)."""
+    anywhere = dataclasses.replace(cfg.serve, host="10.1.2.3")
+    path = pod_config(tmp_path, anywhere, name="sempair-av", mar_file="sempair-av.mar")
     props = read_properties(path)
-    assert props["inference_address"] == f"http://0.0.0.0:{cfg.serve.inference_port}"
+    assert props["inference_address"] == f"http://127.0.0.1:{cfg.serve.inference_port}"
     assert props["management_address"].startswith("http://127.0.0.1:")
     assert props["metrics_address"].startswith("http://127.0.0.1:")
     assert props["enable_model_api"] == "false"

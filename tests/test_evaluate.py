@@ -189,3 +189,20 @@ def test_probe_features_are_audio_then_video():
     x = probe_features(emb)
     assert x.shape == (len(emb.clips), emb.audio.shape[1] + emb.video.shape[1])
     assert np.array_equal(x[:, :16], emb.audio)
+
+
+def test_an_evaluation_without_report_can_be_released(tmp_path, small_model, synth_dataset):
+    out = tmp_path / "eval"
+    lenient = ["evaluate.gate_macro_f1=0", "evaluate.gate_search_map=0",
+               "evaluate.gate_anomaly_auc=-1", "evaluate.map_method=pca"]
+    assert main(["evaluate", str(small_model), str(synth_dataset), str(out), "-q",
+                 "--no-report", *[arg for item in lenient for arg in ("--set", item)]]) == 0
+    assert not (out / "report.html").exists()
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert evaluation["report"] is False
+    if not evaluation["gate"]["passed"]:   # anomaly AUC is nan when the test split has none
+        pytest.skip(f"the tiny test split cannot pass any gate: {evaluation['gate']}")
+    card = make_release(small_model, out, tmp_path / "release")
+    assert "report.html" not in card["files"] and "probe.npz" in card["files"]
+    assert set(card["files"]) == {p.name for p in (tmp_path / "release").iterdir()} - {
+        "release.json"}

@@ -52,3 +52,22 @@ def test_silence_and_loud_noise_are_ordered(cfg):
     assert stats["audio_rms_dbfs"][1] == pytest.approx(20 * np.log10(0.3), abs=0.3)
     assert stats["video_brightness"][0] == 0 and stats["video_brightness"][1] == 0.5
     assert stats["video_motion"][0] == 0 and stats["video_motion"][1] == 1.0
+
+
+def test_log_mel_of_any_finite_audio_is_finite_in_float16(cfg):
+    """Huge samples (a crafted float file) must not overflow the power into inf or NaN."""
+    f, n = cfg.features, cfg.features.sample_rate
+    top = np.finfo(np.float32).max
+    audio = np.stack([np.full(n, top), np.tile([top, -top], n // 2),
+                      np.random.default_rng(0).uniform(-top, top, n)]).astype(np.float32)
+    spec = log_mel(audio, f).numpy()
+    assert np.isfinite(spec).all() and np.isfinite(spec.astype(np.float16)).all()
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_log_mel_refuses_non_finite_audio_instead_of_making_nan_features(cfg, value):
+    audio = np.zeros((2, cfg.features.sample_rate), np.float32)
+    audio[1, 100] = value
+    with pytest.raises(ValueError, match="waveform has 1 NaN or infinite samples, which "
+                       "would make NaN features; repair the audio first"):
+        log_mel(audio, cfg.features)

@@ -1,19 +1,23 @@
 """Ingest: bad files quarantined with reasons, nothing lost, atomic, reproducible, bounded."""
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 
 from sempair.annotations import read_events
 from sempair.dataset import DatasetError, read_meta
-from sempair.ingest import IngestError, assign_splits, ingest
+from sempair.ingest import IngestError, _run_workers, assign_splits, check_destination, ingest
+from sempair.storage import SourceFile, StorageError
 from sempair.synth import write_bad_files
 from tests.conftest import ROOT
 from tests.media_helpers import flash_and_click
@@ -218,3 +222,78 @@ def test_identical_copies_share_a_split(tmp_path, synth_source, cfg):
     recordings = pd.read_parquet(tmp_path / "out" / "recordings.parquet")
     assert (recordings.groupby("sha256")["split"].nunique() == 1).all()
     assert set(recordings["split"]) == {"train", "val", "test"}
+
+
+# -- hostile runs: kill -9, a lost store, a missing destination (issue 13) -----------------
+
+def _descendants_alive(processes: list[psutil.Process]) -> list[psutil.Process]:
+    """Those still running (a zombie waiting for its reaper counts as gone)."""
+    alive = []
+    for process in processes:
+        try:
+            if process.status() != psutil.STATUS_ZOMBIE:
+                alive.append(process)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+@pytest.mark.slow
+def test_kill_9_of_a_parallel_ingest_leaves_no_process_behind(tmp_path):
+    """Its workers, the forkserver and the resource tracker (about 890 MB) used to live on
+    forever, workers waiting for jobs from a dead parent."""
+    src = tmp_path / "src"
+    for i in range(4):
+        flash_and_click(src / f"cam{i}.mp4", seconds=20.0, fps=15, sample_rate=16000,
+                        channels=1)
+    proc = subprocess.Popen([sys.executable, "-m", "sempair.cli", "ingest", str(src),
+                             str(tmp_path / "out"), "--workers", "2", "-q"], cwd=ROOT)
+    parent, deadline = psutil.Process(proc.pid), time.monotonic() + 60
+    while len(family := parent.children(recursive=True)) < 4:   # server, tracker, 2 workers
+        assert proc.poll() is None and time.monotonic() < deadline, "workers never started"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 20   # a bound, not a measurement: they go in well under 1 s
+    while (alive := _descendants_alive(family)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    survivors = [f"{p.pid}: {p.name()}" for p in alive]
+    for process in alive:              # clean up before failing
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    assert not survivors
+
+
+def _store_lost_on_first(job):
+    """A stand-in job for `_run_workers`: the first one loses the object store at once, the
+    others take a while and leave a mark when they finish."""
+    if job.index == 0:
+        raise StorageError("cannot reach the object store at http://127.0.0.1:9 (test)")
+    time.sleep(5)
+    (Path(job.shard_dir) / f"finished-{job.index}").touch()
+
+
+def test_the_first_store_failure_stops_every_worker(tmp_path, cfg):
+    """With 2 workers, losing the store used to take 112 s: every queued job ran (and
+    retried) before the failure was raised. Now the rest are cancelled or killed."""
+    media = [SourceFile(f"cam{i}.mp4", 1) for i in range(6)]
+    with pytest.raises(StorageError, match="cannot reach the object store"):
+        _run_workers(str(tmp_path), media, tmp_path / "shards", cfg, 2, False,
+                     task=_store_lost_on_first)
+    time.sleep(0.5)    # a killed job could not write its mark anyway; a live one might
+    assert not list((tmp_path / "shards").glob("finished-*"))
+
+
+def test_a_missing_output_bucket_fails_before_any_decoding(tmp_path, synth_source, cfg,
+                                                           s3_env, monkeypatch):
+    import sempair.ingest as module
+
+    def decode(*args, **kwargs):
+        raise AssertionError("decoding started before the destination was checked")
+
+    monkeypatch.setattr(module, "_run_workers", decode)
+    with pytest.raises(StorageError, match="does not exist"):
+        ingest(synth_source, tmp_path / "out", cfg, workers=1,
+               destination=f"s3://{s3_env}-missing/datasets/a")
+    check_destination(f"s3://{s3_env}/datasets/a")     # an existing bucket passes
+    check_destination(str(tmp_path / "local"))          # a local folder needs no check

@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -49,7 +50,9 @@ SECRET_KEYS = {"sempair-s3": {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"},
                "sempair-minio": {"MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"}}
 DEV_CREDENTIALS_ALLOWED = {"dev", "kserve"}        # kserve is dev + the KServe component
 ON_TOP_OF_AN_ENVIRONMENT = {"train-ddp"}            # uses base's settings, SA and Secrets
-SERVING_CONTAINERS = {"torchserve", "kserve-container"}
+SERVING_CONTAINERS = {"torchserve"}
+PROXY_CONTAINERS = {"proxy", "kserve-container"}     # nginx in front (KServe's name for it)
+PROXY_CONF = K8S / "base" / "torchserve" / "proxy.conf"
 EXPECTED_KINDS = {
     "dev": {"Namespace", "ConfigMap", "Secret", "ServiceAccount", "Role", "RoleBinding",
             "NetworkPolicy", "Deployment", "Service", "CronJob", "StatefulSet", "Job"},
@@ -126,6 +129,13 @@ def serving_container(objects: list[dict]) -> dict:
     found = [c for pod in policy.all_pods(objects) for c in pod.spec.get("containers", [])
              if c["name"] in SERVING_CONTAINERS]
     assert len(found) == 1, f"expected one serving container, found {len(found)}"
+    return found[0]
+
+
+def proxy_container(objects: list[dict]) -> dict:
+    found = [c for pod in policy.all_pods(objects) for c in pod.spec.get("containers", [])
+             if c["name"] in PROXY_CONTAINERS]
+    assert len(found) == 1, f"expected one proxy container, found {len(found)}"
     return found[0]
 
 
@@ -520,7 +530,7 @@ def test_only_labelled_clients_reach_the_inference_port(render, overlay):
     objects = overlay_objects(render, overlay)
     serving = next(pod.metadata["labels"] for pod in policy.all_pods(objects)
                    if any(c["name"] in SERVING_CONTAINERS for c in pod.spec["containers"]))
-    policies, port = _policies(objects), load_config().serve.inference_port
+    policies, port = _policies(objects), proxy_listen()
     client = Peer.pod("sempair", {"sempair.dev/inference-client": "true"})
     ingress_ns = Peer("ingress-nginx", {}, {"kubernetes.io/metadata.name": "ingress-nginx",
                                             "sempair.dev/inference-clients": "true"})
@@ -528,7 +538,7 @@ def test_only_labelled_clients_reach_the_inference_port(render, overlay):
     assert policy.ingress_allowed(serving, policies, ingress_ns, port)
     assert not policy.ingress_allowed(serving, policies, Peer.pod("sempair"), port)
     assert not policy.ingress_allowed(serving, policies, Peer.pod("default"), port)
-    for private in policy.PRIVATE_PORTS:
+    for private in [*policy.PRIVATE_PORTS, ts_inference_port()]:   # TorchServe's own
         assert not policy.ingress_allowed(serving, policies, client, private)
 
 
@@ -610,22 +620,27 @@ def test_pull_model_reads_the_rollout_annotations(render, overlay):
 
 
 @pytest.mark.parametrize("overlay", serving_overlays())
-def test_only_the_inference_port_is_served(render, overlay):
+def test_only_the_proxy_port_is_served(render, overlay):
+    """Clients reach the proxy only: the Service's inference port leads to the proxy
+    container's one port, the NetworkPolicy admits that port alone, TorchServe declares
+    none (its probes run inside it) and the proxy forwards to TorchServe's inference port."""
     objects = overlay_objects(render, overlay)
     port = load_config().serve.inference_port
-    container = serving_container(objects)
-    assert [p["containerPort"] for p in container["ports"]] == [port]
-    named = {p["name"]: p["containerPort"] for p in container["ports"]}
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        get = container[probe]["httpGet"]
-        assert (get["path"], named.get(get["port"], get["port"])) == ("/ping", port)
+    proxy, torchserve = proxy_container(objects), serving_container(objects)
+    (listen,) = proxy["ports"]
+    assert (listen["name"], listen["containerPort"]) == ("inference", proxy_listen())
+    assert "ports" not in torchserve
+    assert proxy["readinessProbe"]["httpGet"] == {"path": "/ping", "port": "inference"}
+    ping = f"http://127.0.0.1:{ts_inference_port()}/ping"
+    for probe in ("startupProbe", "livenessProbe"):
+        assert ping in " ".join(torchserve[probe]["exec"]["command"]), probe
     for service in find(objects, "Service", deployment_name()):
-        assert [(p["port"], named.get(p["targetPort"], p["targetPort"]), p["name"])
-                for p in service["spec"]["ports"]] == [(port, port, "inference")]
+        assert [(p["port"], p["targetPort"], p["name"]) for p in service["spec"]["ports"]] == [
+            (port, "inference", "inference")]
     ingress = one(objects, "NetworkPolicy", "sempair-torchserve-ingress")
-    assert [p["port"] for rule in ingress["spec"]["ingress"] for p in rule["ports"]] == [port]
-    address = read_properties(CONFIG_PROPERTIES)["inference_address"]
-    assert address.endswith(f":{port}")
+    assert [p["port"] for rule in ingress["spec"]["ingress"] for p in rule["ports"]] == [
+        proxy_listen()]
+    assert proxy_listen() != ts_inference_port()
 
 
 def test_probes_can_call_ping_without_a_token(render):
@@ -662,6 +677,184 @@ def test_the_memory_limit_holds_the_jvm_heap_and_the_workers(render, overlay):
                              f"{heap / 2**30:.2f}Gi + {serve.workers} worker(s) + JVM overhead")
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["SEMPAIR_SERVE_THREADS"] == env["OMP_NUM_THREADS"] == str(serve.threads)
+
+
+# -- the proxy in front of TorchServe (base/torchserve/proxy.conf) ---------------------------
+
+@dataclass(frozen=True)
+class Directive:
+    """One nginx directive: its name, its arguments (quotes removed) and its block."""
+    name: str
+    args: tuple[str, ...]
+    block: tuple[Directive, ...] = ()
+
+
+NGINX_TOKEN = re.compile(r"#[^\n]*|\"(?:\\.|[^\"\\])*\"|'(?:\\.|[^'\\])*'|[{};]|[^\s{};]+")
+
+
+def parse_nginx(text: str) -> tuple[Directive, ...]:
+    """nginx.conf as nested directives (enough for proxy.conf: no includes, no lua)."""
+    tokens = [t for t in NGINX_TOKEN.findall(text) if not t.startswith("#")]
+
+    def block(i: int) -> tuple[tuple[Directive, ...], int]:
+        found, words = [], []
+        while i < len(tokens) and tokens[i] != "}":
+            token = tokens[i]
+            if token in (";", "{"):
+                inner, i = block(i + 1) if token == "{" else ((), i)
+                found.append(Directive(words[0], tuple(_unquote(w) for w in words[1:]), inner))
+                words = []
+            else:
+                words.append(token)
+            i += 1
+        assert not words, f"proxy.conf: {' '.join(words)} has no ';'"
+        return tuple(found), i
+
+    parsed, end = block(0)
+    assert end == len(tokens), "proxy.conf: a '}' closes nothing"
+    return parsed
+
+
+def _unquote(word: str) -> str:
+    return word[1:-1] if word[:1] in "'\"" and word[-1:] == word[:1] else word
+
+
+def directives(block: tuple[Directive, ...], name: str) -> list[Directive]:
+    return [d for d in block if d.name == name]
+
+
+def single(block: tuple[Directive, ...], name: str) -> tuple[str, ...]:
+    (found,) = directives(block, name)
+    return found.args
+
+
+@functools.cache
+def proxy_conf() -> tuple[Directive, ...]:
+    return parse_nginx(PROXY_CONF.read_text())
+
+
+def http_block() -> tuple[Directive, ...]:
+    return directives(proxy_conf(), "http")[0].block
+
+
+def server_block() -> tuple[Directive, ...]:
+    return directives(http_block(), "server")[0].block
+
+
+def location(path: str) -> tuple[Directive, ...]:
+    found = [d.block for d in directives(server_block(), "location")
+             if " ".join(d.args) == path]
+    assert len(found) == 1, f"proxy.conf has no single location {path}"
+    return found[0]
+
+
+def proxy_listen() -> int:
+    return int(single(server_block(), "listen")[0])
+
+
+def ts_inference_port() -> int:
+    return urlsplit(read_properties(CONFIG_PROPERTIES)["inference_address"]).port
+
+
+def seconds(value: str) -> float:
+    number, unit = re.fullmatch(r"(\d+)(ms|s|m)?", value).groups()
+    return int(number) * {"ms": 1e-3, "s": 1, "m": 60, None: 1}[unit]
+
+
+def test_the_proxy_forwards_only_the_predictions_route_and_ping():
+    paths = {" ".join(d.args) for d in directives(server_block(), "location")
+             if not d.args[0].startswith("@")}
+    assert paths == {f"= /predictions/{MODEL_NAME}", "= /ping", "/"}
+    assert single(location("/"), "return") == ("404",)
+    (upstream,) = [d for d in directives(http_block(), "upstream") if d.args == ("torchserve",)]
+    assert single(upstream.block, "server") == (f"127.0.0.1:{ts_inference_port()}",)
+    predict, ping = location(f"= /predictions/{MODEL_NAME}"), location("= /ping")
+    for block, methods in ((predict, "!= POST"), (ping, "!~ ^(GET|HEAD)$")):
+        assert single(block, "proxy_pass") == ("http://torchserve",)
+        guard = directives(block, "if")[0]
+        assert " ".join(guard.args) == f"($request_method {methods})"
+        assert single(guard.block, "return") == ("405",)
+    forms = directives(predict, "if")[1]
+    assert forms.args == ("($refused_form)",) and single(forms.block, "return") == ("415",)
+    assert single(predict, "proxy_request_buffering") == ("on",), "TorchServe gets whole bodies"
+    timeout = read_properties(CONFIG_PROPERTIES)["default_response_timeout"]
+    assert seconds(single(predict, "proxy_read_timeout")[0]) > int(timeout)
+
+
+def test_the_proxy_bounds_slow_and_large_requests(render):
+    http = http_block()
+    assert seconds(single(http, "client_header_timeout")[0]) <= 10
+    assert seconds(single(http, "client_body_timeout")[0]) <= 30
+    assert seconds(single(http, "send_timeout")[0]) <= 60
+    assert single(http, "server_tokens") == ("off",), "the Server header names no version"
+    body = int(single(http, "client_max_body_size")[0])
+    assert body == int(read_properties(CONFIG_PROPERTIES)["max_request_size"])
+    connections = int(single(server_block(), "limit_conn")[1])
+    pod = one(render("base"), "Deployment", deployment_name())["spec"]["template"]["spec"]
+    tmp = next(v for v in pod["volumes"] if v["name"] == "proxy-tmp")
+    assert connections * body <= policy.quantity(tmp["emptyDir"]["sizeLimit"]), (
+        "the bodies the proxy may buffer at once must fit its /tmp")
+
+
+def refused_form(content_type: str) -> bool:
+    """proxy.conf's map $content_type $refused_form, evaluated as nginx does: regexes in
+    order (`~*`: case-insensitive), the first match wins, else the default."""
+    (table,) = [d.block for d in directives(http_block(), "map")
+                if d.args == ("$content_type", "$refused_form")]
+    for entry in table:
+        pattern = _unquote(entry.name)
+        if pattern.startswith("~*") and re.search(pattern[2:], content_type, re.IGNORECASE):
+            return entry.args[0] == "1"
+    return single(table, "default") == ("1",)
+
+
+def test_the_proxy_refuses_the_forms_torchserve_fails_on():
+    """The forms tests/test_hostile_serving.py sees TorchServe's frontend answer 500."""
+    for refused in ("multipart/form-data; boundary=", "multipart/form-data",
+                    "Multipart/Form-Data; charset=x", "application/x-www-form-urlencoded"):
+        assert refused_form(refused), refused
+    for allowed in ("video/mp4", "audio/wav", "application/octet-stream", "",
+                    "multipart/form-data; boundary=abc", 'multipart/form-data; boundary="b"'):
+        assert not refused_form(allowed), allowed
+
+
+def test_every_refusal_of_the_proxy_is_json():
+    named = {d.args[0]: d.block for d in directives(server_block(), "location")
+             if d.args[0].startswith("@")}
+    pages = directives(server_block(), "error_page")
+    assert {code for page in pages for code in page.args[:-1]} >= {
+        "400", "404", "405", "408", "413", "415", "429", "502", "503", "504"}
+    for page in pages:
+        code, text = single(named[page.args[-1]], "return")
+        answer = json.loads(text.replace("\\n", ""))
+        assert answer["error"]["status"] == int(code) and answer["error"]["message"]
+        assert code in page.args[:-1] or code == "503", page
+
+
+@pytest.mark.parametrize("overlay", serving_overlays())
+def test_the_proxy_runs_from_its_config_map_and_writes_to_its_volume(render, overlay):
+    objects = overlay_objects(render, overlay)
+    proxy = proxy_container(objects)
+    pod = next(p for p in policy.all_pods(objects) if proxy in p.spec["containers"])
+    mounts = {m["name"]: m for m in proxy["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod.spec["volumes"]}
+    config = mounts["proxy-config"]
+    assert proxy["command"][proxy["command"].index("-c") + 1] == (
+        f"{config['mountPath']}/{PROXY_CONF.name}")
+    assert one(objects, "ConfigMap", volumes["proxy-config"]["configMap"]["name"])["data"] == {
+        PROXY_CONF.name: PROXY_CONF.read_text()}
+    writable = [m["mountPath"] + "/" for m in mounts.values() if not m.get("readOnly")]
+    http = http_block()
+    paths = [single(proxy_conf(), "pid")[0]] + [single(http, name)[0] for name in (
+        "client_body_temp_path", "proxy_temp_path", "fastcgi_temp_path", "uwsgi_temp_path",
+        "scgi_temp_path")]
+    assert all(any(p.startswith(w) for w in writable) for p in paths), (paths, writable)
+    assert single(proxy_conf(), "error_log")[0] == "stderr"
+
+
+def test_torchserve_listens_on_loopback_only_in_the_pod():
+    address = urlsplit(read_properties(CONFIG_PROPERTIES)["inference_address"])
+    assert address.hostname == "127.0.0.1"
 
 
 def _sempair_images(objects: list[dict]) -> list[tuple[str, dict]]:

@@ -1,13 +1,15 @@
 """Decoding: every container and rate lands on the same clip timeline, in sync."""
 
+import dataclasses
 import re
 
 import numpy as np
 import pytest
 
-from sempair.media import ClipReader, MediaError
+from sempair.features import log_mel
+from sempair.media import ClipReader, CorruptAudioError, MediaError
 from sempair.synth import write_recording
-from tests.media_helpers import flash_and_click
+from tests.media_helpers import flash_and_click, marked_frames, write_av
 
 FORMATS = [  # (file, video codec, audio codec, fps, sample rate, channels, size)
     ("cam.mp4", "libx264", "aac", 15, 32000, 1, (160, 120)),
@@ -228,3 +230,125 @@ def test_the_strict_default_still_refuses_one_stream_media(tmp_path, cfg, name, 
             ClipReader(str(path), cfg.features, 1.0, 1.0, **streams)
     with pytest.raises(ValueError, match="streams must be"):
         ClipReader(str(path), cfg.features, 1.0, 1.0, streams="audio")
+
+
+# -- audio that starts late, poisoned samples, rotated video ---------------------------------
+
+def read_clips(path, features, **options):
+    """(reader, audio clips, frames) of every clip, 1 s clips and hop."""
+    with ClipReader(str(path), features, 1.0, 1.0, **options) as reader:
+        batches = list(reader)
+    audio = [b.audio for b in batches if b.audio is not None]
+    frames = [b.frames for b in batches if b.frames is not None]
+    return (reader, np.concatenate(audio) if audio else None,
+            np.concatenate(frames) if frames else None)
+
+
+@pytest.mark.parametrize("name, codec", [("late.mkv", "pcm_s16le"), ("late.mp4", "aac")])
+def test_audio_that_starts_late_is_aligned_by_timestamps_and_said(tmp_path, cfg, name, codec):
+    """A microphone that wakes 2 s after the camera: not a cut file, and in sync."""
+    rate, fps = 16000, 10
+    frames = marked_frames(8 * fps)
+    frames[55] = 250                                          # flash at 5.5 s
+    audio = np.full((1, 6 * rate), 0.01, np.float32)          # from 2 s to 8 s
+    audio[:, round(3.5 * rate): round(3.51 * rate)] = 0.8     # click at 5.5 s in the file
+    path = write_av(tmp_path / name, frames, audio, fps=fps, sample_rate=rate,
+                    audio_codec=codec, audio_start=2.0)
+    reader, clips, video = read_clips(path, cfg.features)
+    assert len(clips) == len(video) == 8                      # none of the 8 s is lost
+    assert not any("truncated" in p for p in reader.problems), reader.problems
+    assert len(reader.problems) == 1
+    assert re.fullmatch(r"audio starts (1\.9|2\.0) s after the video: its first (1\.9|2\.0) s "
+                        r"are filled with silence", reader.problems[0]), reader.problems
+    assert np.abs(clips[0]).max() == 0                        # the head is silence
+    click = np.argmax(np.abs(clips.reshape(-1)) > 0.3) / cfg.features.sample_rate
+    assert abs(click - 5.5) < 0.01, click
+    assert video[5, cfg.features.fps // 2].mean() > 200       # the flash, same clip
+
+
+def poisoned_audio(seconds: float, rate: int, bad: dict[tuple[int, float], float]):
+    """Stereo low noise with `bad` {(channel, seconds): value} written over it."""
+    audio = np.random.default_rng(0).normal(0, 0.01, (2, round(seconds * rate)))
+    audio = audio.astype(np.float32)
+    for (channel, at), value in bad.items():
+        audio[channel, round(at * rate)] = value
+    return audio
+
+
+def test_a_few_nan_or_infinite_samples_are_set_to_silence_and_said(tmp_path, cfg):
+    rate, fps = 16000, 10
+    audio = poisoned_audio(3.0, rate, {(0, 1.0): np.nan, (1, 1.5): np.inf,
+                                       (0, 2.5): -np.inf, (1, 2.75): 1e30})
+    path = write_av(tmp_path / "nan.mkv", marked_frames(3 * fps), audio, fps=fps,
+                    sample_rate=rate, audio_codec="pcm_f32le")
+    reader, clips, _ = read_clips(path, cfg.features)
+    assert len(clips) == 3 and np.isfinite(clips).all()
+    assert np.abs(clips).max() < 0.1                          # nothing huge got through
+    assert reader.problems == [
+        "4 of 96000 audio samples (all channels) were NaN, infinite or beyond ±1000, from "
+        "1.00 s to 2.75 s: set to 0 (silence)"]
+    assert np.isfinite(log_mel(clips, cfg.features).numpy()).all()
+
+
+def test_audio_that_is_mostly_nan_is_refused_as_corrupt(tmp_path, cfg):
+    rate, fps = 16000, 10
+    audio = poisoned_audio(2.0, rate, {})
+    audio[:, rate:] = np.nan                                  # the second half
+    path = write_av(tmp_path / "nan.mkv", marked_frames(2 * fps), audio, fps=fps,
+                    sample_rate=rate, audio_codec="pcm_f32le")
+    with pytest.raises(CorruptAudioError, match=re.escape(
+            "corrupt audio: 32000 of 64000 audio samples (all channels) were NaN, infinite or "
+            "beyond ±1000, from 1.00 s to 2.00 s (50.0%; at most 1% is repaired as silence): "
+            "the audio track is broken; export it again")) as caught:
+        read_clips(path, cfg.features)
+    assert isinstance(caught.value, MediaError)               # ingest quarantines it
+
+
+# upright, the marker block is in the top-left corner; stored, it is turned
+CORNERS = {"top-left": (0, 0), "top-right": (0, -1), "bottom-left": (-1, 0),
+           "bottom-right": (-1, -1)}
+
+
+def marker_corner(frames: np.ndarray) -> str:
+    """Which corner of [n, T, 3, H, W] frames is bright in every frame."""
+    bright = [name for name, (row, col) in CORNERS.items()
+              if (frames[..., row, col] > 200).all()]
+    assert len(bright) == 1, bright
+    return bright[0]
+
+
+@pytest.mark.parametrize("rotation, corner", [
+    (90, "bottom-left"), (-90, "top-right"), (180, "bottom-right"), (0, "top-left")])
+@pytest.mark.parametrize("name", ["rot.mp4", "rot.mov", "rot.mkv"])
+def test_the_display_matrix_turns_frames_as_a_player_shows_them(tmp_path, cfg, name,
+                                                                rotation, corner):
+    """Stored 64×48 and shown rotated `rotation`° counterclockwise: the frames are the
+    picture shown, at the configured (here portrait) size."""
+    features = dataclasses.replace(cfg.features, width=24, height=32)
+    stored = marked_frames(10)                                # block top-left, as stored
+    path = write_av(tmp_path / name, stored, None, fps=10, sample_rate=16000,
+                    display_rotation=rotation)
+    reader, _, frames = read_clips(path, features, streams="any")
+    assert frames.shape == (1, features.fps, 3, 32, 24)
+    assert marker_corner(frames) == corner
+    assert reader.problems == []
+
+
+@pytest.mark.parametrize("tag, corner", [("90", "top-right"), ("270", "bottom-left"),
+                                         ("180", "bottom-right")])
+def test_an_old_rotate_tag_turns_frames_clockwise(tmp_path, cfg, tag, corner):
+    path = write_av(tmp_path / "tag.mkv", marked_frames(10), None, fps=10,
+                    sample_rate=16000, rotate_tag=tag)
+    reader, _, frames = read_clips(path, cfg.features, streams="any")
+    assert marker_corner(frames) == corner
+    assert reader.problems == []
+
+
+def test_a_rotation_that_is_not_a_right_angle_is_said(tmp_path, cfg):
+    path = write_av(tmp_path / "tag.mkv", marked_frames(10), None, fps=10,
+                    sample_rate=16000, rotate_tag="45")
+    reader, _, frames = read_clips(path, cfg.features, streams="any")
+    assert marker_corner(frames) == "top-left"                # left as stored
+    assert reader.problems == [
+        "video rotation of -45° (counterclockwise) is not a multiple of 90°: frames left as "
+        "stored; rotate the file upright first (ffmpeg does when transcoding)"]

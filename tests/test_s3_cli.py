@@ -78,3 +78,17 @@ def test_torchrun_trains_from_a_bucket_and_rank_0_alone_publishes(synth_dataset,
     config = json.loads(s3_server.client().get_object(
         Bucket=s3_env, Key="models/ddp/log.jsonl")["Body"].read().splitlines()[0])
     assert config["world"] == 2
+
+
+def test_every_command_checks_an_s3_destination_before_working(synth_source, s3_env,
+                                                               monkeypatch, capsys):
+    """A missing output bucket is named before any decoding (not after hours of it)."""
+    from sempair import ingest
+
+    def decode(*args, **kwargs):
+        raise AssertionError("decoding started before the destination was checked")
+
+    monkeypatch.setattr(ingest, "_run_workers", decode)
+    assert sempair(["ingest", str(synth_source), f"s3://{s3_env}-missing/datasets/a",
+                    "-q", "--workers", "1"]) == 1
+    assert f"bucket '{s3_env}-missing' does not exist" in capsys.readouterr().err

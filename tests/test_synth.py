@@ -6,7 +6,10 @@ import csv
 import dataclasses
 import itertools
 import json
+import os
 import re
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -31,6 +34,7 @@ HEADER = ["recording", "start", "end", "label", "modality", "anomaly"]
 REQUIRED_AV = {"car_pass", "truck_pass", "motorcycle_pass", "emergency_vehicle", "pedestrian",
                "dog_bark", "door", "bicycle", "people_talking"}
 ANOMALIES = {"glass_break", "crash", "scream"}
+ROOT = Path(__file__).resolve().parents[1]
 MOTION_LEVEL = 30          # a pixel "moved" if a channel changed by more than this (0..255)
 
 
@@ -455,6 +459,38 @@ def test_write_recording_audio_only_video_only_and_bad_input(tmp_path):
     with pytest.raises(ValueError, match="uint8"):
         write_recording(tmp_path / "f.mp4", [np.zeros((48, 64, 3))], None, fps=10,
                         sample_rate=16000)
+
+
+def write_every_kind(out_dir: Path) -> dict[str, bytes]:
+    """One small file per container and codec family the writer knows -> {name: bytes}."""
+    out_dir = Path(out_dir)
+    flash_and_click(out_dir / "x.mp4")
+    flash_and_click(out_dir / "x.mkv")
+    flash_and_click(out_dir / "x.webm", video_codec="libvpx-vp9", audio_codec="libopus")
+    flash_and_click(out_dir / "x.avi", video_codec="mpeg4", audio_codec="pcm_s16le")
+    tone = [0.3 * np.sin(np.linspace(0, 2000, 16000, dtype=np.float32))] * 2
+    write_recording(out_dir / "x.ogg", None, tone, fps=10, sample_rate=16000)
+    write_recording(out_dir / "x.m4a", None, tone, fps=10, sample_rate=16000)
+    return {p.name: p.read_bytes() for p in sorted(out_dir.iterdir())}
+
+
+def test_write_recording_bytes_depend_on_the_input_alone(tmp_path):
+    """Twice in one process (Matroska, WebM and Ogg muxers stamp random ids unless
+    bit-exact) and in a child pinned to one core (PyAV threads encoders by the core
+    count, and mpeg4 then cuts a slice per thread)."""
+    first = write_every_kind(tmp_path / "a")
+    assert first == write_every_kind(tmp_path / "b")
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(cores) < 2:
+        return                          # one core already: no other core count to try
+    code = ("import os, sys; from pathlib import Path; from tests.test_synth import "
+            f"write_every_kind; os.sched_setaffinity(0, {{{cores[0]}}}); "
+            "write_every_kind(Path(sys.argv[1]))")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "c")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    pinned = {p.name: p.read_bytes() for p in sorted((tmp_path / "c").iterdir())}
+    assert [name for name in first if pinned[name] != first[name]] == []
 
 
 # --- bad files --------------------------------------------------------------------------

@@ -198,9 +198,12 @@ def test_one_batch_answers_each_request_on_its_own(served, recording):
     assert_error(answers[3], 415, "Content-Type")
 
 
-def test_the_handler_answers_a_batch_in_order(bundle, recording):
-    """handle() itself, on a batch as TorchServe 0.12 builds it (no server)."""
-    from ts.context import Context, RequestProcessor
+PREDICTIONS_ROUTE = {"explain": "False", "url_path": ""}   # what the frontend adds there
+
+
+def local_handler(bundle):
+    """(SempairHandler, its Context) initialized on the bundle, without a server."""
+    from ts.context import Context
 
     from sempair.serving.handler import SempairHandler
 
@@ -211,18 +214,49 @@ def test_the_handler_answers_a_batch_in_order(bundle, recording):
         handler.initialize(context)
     finally:
         torch.set_num_threads(threads)
+    return handler, context
+
+
+def test_the_handler_answers_a_batch_in_order(bundle, recording):
+    """handle() itself, on a batch as TorchServe 0.12 builds it (no server)."""
+    from ts.context import RequestProcessor
+
+    handler, context = local_handler(bundle)
     good = recording.read_bytes()
     rows = [{"body": good}, {"body": b"junk" * 50}, {"body": "text"}, {"other": b"x"},
             {"data": good, "top_k": b"1"}]
     types = ["video/mp4", "video/mp4", "text/plain", "video/mp4", "multipart/form-data; b=x"]
     context.request_processor = [RequestProcessor({"Content-type": t, "data": {
-        "content-type": "video/mp4"}}) for t in types]
+        "content-type": "video/mp4"}, **PREDICTIONS_ROUTE}) for t in types]
     answers = [json.loads(a) for a in handler.handle(rows, context)]
     statuses = [context.get_response_status(i)[0] for i in range(len(rows))]
     assert statuses == [200, 415, 415, 400, 200]
     assert [a.get("error", {}).get("status") for a in answers] == [None, 415, 415, 400, None]
     assert {len(c["similar"]) for c in answers[4]["clips"]} == {1}
     assert answers[0]["clips"][0]["event"] == answers[4]["clips"][0]["event"]
+
+
+def test_the_handler_refuses_every_route_but_predictions(bundle, recording):
+    """The frontend's headers of each route TorchServe 0.12 hands to the handler (seen on
+    the real server): only /predictions/<model>[/<version>] is answered, the rest is 404."""
+    from ts.context import RequestProcessor
+
+    handler, context = local_handler(bundle)
+    routes = [PREDICTIONS_ROUTE,                                 # /predictions/m[/v]
+              {"explain": "True", "url_path": ""},               # /explanations/m
+              {"explain": "False", "url_path": "extra"},         # /predictions/m/v/extra
+              {"explain": "False"},                              # /v1 :predict, /v2 infer
+              {"explain": "True"},                               # /v1 :explain, /v2 explain
+              {},                                                # /invocations, /m/predict
+              {"Explain": "True", **PREDICTIONS_ROUTE}]          # a client's own header
+    context.request_processor = [RequestProcessor({"Content-Type": "video/mp4", **route})
+                                 for route in routes]
+    rows = [{"body": recording.read_bytes()} for _ in routes]
+    answers = [json.loads(a) for a in handler.handle(rows, context)]
+    statuses = [context.get_response_status(i)[0] for i in range(len(rows))]
+    assert statuses == [200, 404, 404, 404, 404, 404, 200]
+    for answer in answers[1:-1]:
+        assert "only POST /predictions/m" in answer["error"]["message"], answer
 
 
 # -- bad requests ------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from sempair import SempairError, __version__
 from sempair.config import Config, ConfigError, load_config
-from sempair.storage import fetch, is_remote, publish
+from sempair.storage import check_destination, fetch, is_remote, publish
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -229,6 +229,7 @@ def _output(uri: str, marker: str, publish_here: bool = True):
     if not is_remote(uri):
         yield Path(uri)
         return
+    check_destination(uri, marker)          # a missing bucket fails before the work
     with tempfile.TemporaryDirectory(prefix="sempair-out-") as staging:
         out = Path(staging) / "out"
         yield out
@@ -472,7 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("dataset", help="labelled clip dataset folder or s3:// URI")
     evaluate.add_argument("out", help="folder (or s3:// URI) for metrics and the report")
     evaluate.add_argument("--no-report", action="store_true",
-                          help="metrics only: skip report.html and its figures")
+                          help="metrics only: skip report.html and its figures (the run "
+                               "can still be released)")
     evaluate.set_defaults(func=cmd_evaluate)
 
     experiment = sub.add_parser(

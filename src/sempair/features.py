@@ -1,7 +1,9 @@
 """Clip features: log-mel spectrograms (pure torch) and per-clip statistics.
 
 Ingest and serving both call `log_mel` and `clip_stats`, so a clip means the same thing
-in training and in production.
+in training and in production. `log_mel` of finite audio is always finite (and within
+float16, as the dataset stores it); NaN or infinite audio is refused, not turned into NaN
+features (`sempair.media` repairs or refuses such audio at decode).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 from sempair.config import FeatureConfig
 
 LOG_FLOOR = 1e-10  # power floor before the log: silence maps to log(1e-10) ≈ -23
+MAX_SAMPLE = 1e3   # |sample| limit (60 dB over full scale): beyond it is corrupt, not sound
 
 
 def hz_to_mel(hz: torch.Tensor | float) -> torch.Tensor:
@@ -56,11 +59,19 @@ def log_mel(waveform: torch.Tensor | np.ndarray, cfg: FeatureConfig) -> torch.Te
     """Mono waveforms [B, samples] at cfg.sample_rate -> log-mel [B, n_mels, samples // hop].
 
     Centered STFT (reflect padding) with the last frame dropped, so a 1 s clip at 16 kHz
-    with a 10 ms hop gives exactly 100 frames, each describing its own 10 ms.
+    with a 10 ms hop gives exactly 100 frames, each describing its own 10 ms. Samples are
+    clamped to ±MAX_SAMPLE, so that the power cannot overflow; NaN or infinite samples are
+    a ValueError.
     """
     x = torch.as_tensor(waveform, dtype=torch.float32)
     if x.ndim == 1:
         x = x[None]
+    bad = int((~torch.isfinite(x)).sum())
+    if bad:
+        raise ValueError(f"waveform has {bad} NaN or infinite samples, which would make NaN "
+                         "features; repair the audio first (sempair.media.ClipReader sets "
+                         "them to 0 at decode, or refuses a broken track)")
+    x = x.clamp(-MAX_SAMPLE, MAX_SAMPLE)
     n_frames = x.shape[-1] // cfg.hop_length
     spec = torch.stft(x, n_fft=cfg.n_fft, hop_length=cfg.hop_length,
                       win_length=cfg.win_length, window=_window(cfg.win_length),

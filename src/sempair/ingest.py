@@ -9,19 +9,29 @@ interrupted run never leaves a dataset that looks finished.
 
 Bad files never stop the run and are never dropped silently: each one gets a row in
 recordings.parquet with status `quarantined` (or `partial` when a decodable prefix was
-kept) and a reason that says what is wrong and how to fix it.
+kept) and a reason that says what is wrong and how to fix it. File-system oddities the
+listing finds (broken or escaping symlinks, FIFOs, names that are not UTF-8) are
+quarantined without being opened; reasons are deterministic (docs/data-format.md).
+
+A store failure stops the run at once: the workers are killed and queued jobs dropped.
+Workers exit by themselves when the ingest process dies (even by kill -9), and with
+them the forkserver and the resource tracker.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
+import logging
 import multiprocessing
 import os
+import select
 import shutil
+import threading
 import time
-import traceback
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
@@ -38,10 +48,19 @@ from sempair.config import Config, FeatureConfig, IngestConfig
 from sempair.dataset import FORMAT, FORMAT_VERSION, NpyAppender
 from sempair.features import clip_stats, log_mel
 from sempair.media import ClipReader, MediaError
-from sempair.storage import StorageError, listing_version, open_source, sha256_file
+from sempair.storage import (
+    SourceFile,
+    StorageError,
+    check_destination,
+    listing_version,
+    open_source,
+    sha256_file,
+)
 
 OK, PARTIAL, QUARANTINED = "ok", "partial", "quarantined"
 SPLITS = ("train", "val", "test")
+
+log = logging.getLogger(__name__)
 
 
 class IngestError(SempairError):
@@ -90,16 +109,20 @@ class IngestSummary:
 
 
 def ingest(source: str | Path, out: str | Path, cfg: Config, *, workers: int | None = None,
-           overwrite: bool = False, progress: bool = False) -> IngestSummary:
-    """Turn the recordings under `source` into a clip dataset at `out`."""
+           overwrite: bool = False, progress: bool = False,
+           destination: str | None = None) -> IngestSummary:
+    """Turn the recordings under `source` into a clip dataset at `out`. `destination`, the
+    URI `out` will be published to (if not `out` itself), is checked before any work."""
     started = time.perf_counter()
     src, out = open_source(source), Path(out).absolute()
     if out.exists() and not overwrite:
         raise IngestError(f"{out} already exists; pass --overwrite to replace it, or choose "
                           "another output folder")
+    if destination is not None:
+        check_destination(destination)
     files = src.list()
     exts = {e.lower().lstrip(".") for e in cfg.ingest.extensions}
-    media = [f for f in files if PurePosixPath(f.id).suffix.lower().lstrip(".") in exts]
+    media = [f for f in files if _is_recording(f, exts)]
     ignored = [f.id for f in files if f not in media and f.id != annotations.EVENTS_FILE]
     if not media:
         raise IngestError(f"no recordings in {src.uri}: no file ends in one of "
@@ -112,7 +135,7 @@ def ingest(source: str | Path, out: str | Path, cfg: Config, *, workers: int | N
 
     tmp = _fresh_tmp_dir(out)
     try:
-        results = _run_workers(src.uri, [f.id for f in media], tmp / "shards", cfg,
+        results = _run_workers(src.uri, media, tmp / "shards", cfg,
                                workers if workers is not None else cfg.ingest.workers, progress)
         recordings, manifest = _tables(results, cfg.ingest, events)
         if manifest.empty:
@@ -133,6 +156,12 @@ def ingest(source: str | Path, out: str | Path, cfg: Config, *, workers: int | N
         clips=len(manifest), splits=meta["counts"]["splits"], problems=problems,
         ignored=ignored, media_seconds=float(recordings["ingested_seconds"].sum()),
         elapsed_seconds=time.perf_counter() - started, source_version=meta["source_version"])
+
+
+def _is_recording(file: SourceFile, exts: set[str]) -> bool:
+    """A media file by extension, or a folder that could not be read (it may hold some)."""
+    return (PurePosixPath(file.id).suffix.lower().lstrip(".") in exts
+            or bool(file.problem and file.id.endswith("/")))
 
 
 # -- one recording, in a worker process ----------------------------------------------------
@@ -156,38 +185,66 @@ class _Result:
 
 
 def ingest_recording(job: _Job) -> _Result:
-    """Decode one file into shards. Never raises for bad media: the row says what failed."""
+    """Decode one file into shards. Never raises for bad media: the row says what failed.
+
+    A damaged file decoded with several threads is decoded again on one: frame-threaded
+    decoding reports damage differently (and may keep another prefix), and the dataset must
+    not depend on --workers (which sets the threads)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)   # one core per recording; restored for an inline caller
     try:
-        return _ingest_recording(job)
+        result = _ingest_recording(job)
+        if result.recording["status"] != OK and job.threads != 1:
+            result = _ingest_recording(dataclasses.replace(job, threads=1))
+        return result
     finally:
         torch.set_num_threads(threads)
 
 
 def _ingest_recording(job: _Job) -> _Result:
     src = open_source(job.source)
-    row = {"recording": job.recording, "status": QUARANTINED, "error": "", "size_bytes": 0,
-           "sha256": "", "container": "", "duration": float("nan"), "ingested_seconds": 0.0,
-           "clips": 0, "video_codec": "", "width": 0, "height": 0, "fps": float("nan"),
-           "audio_codec": "", "sample_rate": 0, "channels": 0}
-    result = _Result(row)
+    result = _Result(_quarantined_row(job.recording, ""))
+    row = result.recording
+    _discard_shards(job)
+    local = ""
     try:
         # an s3:// recording is downloaded (checksum verified) for the decoder, then deleted
         with src.local_copy(job.recording) as path:
+            local = str(path)
             _decode_recording(path, job, result)
     except MediaError as error:
         row["error"] = str(error)
+    except FileNotFoundError:   # a NotFoundError too: the object, not the store, is gone
+        row["error"] = ("vanished from the source after it was listed (deleted or moved "
+                        "while ingest ran); copy it back and re-run ingest")
     except StorageError:        # the store failed, not the file: stop, quarantine nothing
         raise
+    except OSError as error:    # unreadable, or no longer a regular file
+        row["error"] = (f"cannot read it ({error.strerror or error}); fix the file or its "
+                        "permissions, or move it out of the source")
     except Exception as error:  # a decoder bug must not stop the other recordings
-        row["error"] = (f"unexpected failure ({type(error).__name__}: {error}); please report "
-                        f"it with this file. {traceback.format_exc(limit=2).strip()}")
+        log.error("unexpected failure on %s", job.recording, exc_info=True)
+        # stable words only (no traceback, no temp path): the reason is part of the dataset
+        message = str(error).replace(local, job.recording) if local else str(error)
+        row["error"] = (f"unexpected failure ({type(error).__name__}: {message}); please "
+                        "report it with this file (the traceback is in the ingest log)")
     if row["status"] == QUARANTINED:
-        for path in Path(job.shard_dir).glob(f"{job.index:06d}-*"):
-            path.unlink()
+        _discard_shards(job)
         result.clips, result.shard_sha256 = [], {}
     return result
+
+
+def _quarantined_row(recording: str, reason: str) -> dict:
+    """A recordings.parquet row for a file with no clips, `reason` saying why."""
+    return {"recording": recording, "status": QUARANTINED, "error": reason, "size_bytes": 0,
+            "sha256": "", "container": "", "duration": float("nan"), "ingested_seconds": 0.0,
+            "clips": 0, "video_codec": "", "width": 0, "height": 0, "fps": float("nan"),
+            "audio_codec": "", "sample_rate": 0, "channels": 0}
+
+
+def _discard_shards(job: _Job) -> None:
+    for path in Path(job.shard_dir).glob(f"{job.index:06d}-*"):
+        path.unlink()
 
 
 def _decode_recording(path: Path, job: _Job, result: _Result) -> None:
@@ -278,16 +335,23 @@ class _Shards:
 
 # -- the parent: workers, tables, commit ---------------------------------------------------
 
-def _run_workers(source: str, recordings: list[str], shard_dir: Path, cfg: Config,
-                 workers: int, progress: bool) -> list[_Result]:
+def _run_workers(source: str, media: list[SourceFile], shard_dir: Path, cfg: Config,
+                 workers: int, progress: bool,
+                 task: Callable[[_Job], _Result] | None = None) -> list[_Result]:
+    """One result per entry of `media`, in order: entries the listing found unreadable are
+    quarantined here, the rest run through `task` (ingest_recording) in `workers`
+    processes. The first error (the store failed) stops every worker and is raised."""
     shard_dir.mkdir(parents=True)
-    workers = min(workers or os.cpu_count() or 1, len(recordings))
-    jobs = [_Job(source, rec, i, str(shard_dir), cfg.features, cfg.ingest,
-                 threads=0 if workers == 1 else 1) for i, rec in enumerate(recordings)]
-    bar = tqdm(total=len(jobs), unit="rec", desc="ingest", disable=not progress)
-    results: list[_Result | None] = [None] * len(jobs)
+    results: list[_Result | None] = [
+        _Result(_quarantined_row(f.id, f.problem)) if f.problem else None for f in media]
+    todo = [i for i, result in enumerate(results) if result is None]
+    workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
+    jobs = [_Job(source, media[i].id, i, str(shard_dir), cfg.features, cfg.ingest,
+                 threads=0 if workers == 1 else 1) for i in todo]
+    bar = tqdm(total=len(media), initial=len(media) - len(jobs), unit="rec", desc="ingest",
+               disable=not progress)
     with bar, _pool(workers) as pool:
-        futures = {pool.submit(ingest_recording, job): job.index for job in jobs}
+        futures = {pool.submit(task or ingest_recording, job): job.index for job in jobs}
         for future in as_completed(futures):
             results[futures[future]] = future.result()
             bar.update()
@@ -297,15 +361,62 @@ def _run_workers(source: str, recordings: list[str], shard_dir: Path, cfg: Confi
 
 @contextlib.contextmanager
 def _pool(workers: int):
+    """An executor of `workers` processes (or this one). On an error in the caller's block
+    (a job's StorageError, Ctrl-C) the workers are killed and queued jobs dropped at once,
+    instead of running every queued job (each retrying a lost store) first."""
     if workers == 1:
         yield _InlinePool()
-    else:
-        # forkserver: safe with torch's thread pools (unlike fork), and its server imports
-        # sempair once, so each worker starts in milliseconds (spawn re-imports torch: ~3 s)
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["sempair.ingest"])
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            yield pool
+        return
+    # forkserver: safe with torch's thread pools (unlike fork), and its server imports
+    # sempair once, so each worker starts in milliseconds (spawn re-imports torch: ~3 s)
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["sempair.ingest"])
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_exit_with,
+                               initargs=(os.getpid(),))
+    try:
+        yield pool
+    except BaseException:
+        _stop(pool)
+        raise
+    pool.shutdown()
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Cancel the queued jobs and kill the running ones (their results are not wanted)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())   # no public API
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.kill()
+    for process in processes:
+        process.join(timeout=10)
+
+
+def _exit_with(pid: int) -> None:
+    """Worker initializer: exit as soon as process `pid` (the ingest) is gone, even killed
+    with -9, instead of waiting forever for jobs. A worker's parent is the forkserver, not
+    the ingest, so PR_SET_PDEATHSIG cannot watch it; a thread waits on a pidfd of `pid`
+    (or polls it where there is none). Once the workers are gone the forkserver and the
+    resource tracker exit by themselves: their pipes reach end-of-file."""
+    threading.Thread(target=_wait_for_exit, args=(pid,), name="exit-with-ingest",
+                     daemon=True).start()
+
+
+def _wait_for_exit(pid: int) -> None:
+    try:
+        select.select([os.pidfd_open(pid)], [], [])   # readable once `pid` has exited
+    except ProcessLookupError:
+        pass                                          # gone already
+    except (AttributeError, OSError):                 # no pidfd (not Linux 5.3+): poll
+        while _alive(pid):
+            time.sleep(0.5)
+    os._exit(1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 class _InlinePool:

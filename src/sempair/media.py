@@ -13,11 +13,22 @@ camera without a microphone): its clips are cut on the same timeline, `reader.au
 `reader.video` is None, the missing stream's fields of `reader.info` are None, and every
 batch carries None for the missing modality (`ClipBatch.audio` or `ClipBatch.frames`).
 
-Timeline: clip k covers [k·hop, k·hop + clip) seconds from `origin`, the instant all the
-streams read have started (the file's start for almost every file; what a player shows as
-0:00). Audio is placed by its timestamps, so a gap in the audio track becomes silence
-(and is reported) instead of shifting everything after it; encoder priming (AAC) is
-removed by FFmpeg's edit-list handling.
+Timeline: clip k covers [k·hop, k·hop + clip) seconds from `origin`, the instant the video
+starts (the audio's start for audio-only media; the file's start for almost every file,
+what a player shows as 0:00). Audio is placed by its timestamps, so audio that starts late
+(common in surveillance: the microphone wakes after the camera) or has a gap becomes
+silence there (and is reported) instead of shifting everything after it; audio before the
+video starts is dropped; encoder priming (AAC) is removed by FFmpeg's edit-list handling.
+
+Poisoned input: decoded float audio values that are NaN, infinite or beyond ±MAX_SAMPLE
+are set to 0 before resampling can spread them, and reported in `problems` with their
+count and times; when more than MAX_BAD_SHARE of the audio is such, the track is broken
+and reading ends with a `CorruptAudioError` instead (raised after the last batch, so a
+caller that keeps clips must drop them).
+
+Orientation: a display matrix (phone and body-cam recordings) or an old-style `rotate` tag
+on the video stream is applied, so frames come out upright and `features.width × height`
+is the upright size.
 """
 
 from __future__ import annotations
@@ -35,15 +46,22 @@ from av.video.reformatter import VideoReformatter
 
 from sempair import SempairError
 from sempair.config import FeatureConfig
+from sempair.features import MAX_SAMPLE
 
 MAX_BAD_PACKETS = 50  # consecutive undecodable packets before the rest is given up
 FRAME_EPS = 1e-6      # seconds; a frame due at t is shown if its pts <= t + FRAME_EPS
 AUDIO_SLACK = 0.01    # seconds of timestamp jitter ignored when placing audio frames
 REPORT_GAP = 0.1      # seconds; audio gaps at least this long are reported
+MAX_BAD_SHARE = 0.01  # share of NaN/inf/out-of-range audio samples repaired; more: corrupt
+FLOAT_AUDIO = {"flt": np.float32, "fltp": np.float32, "dbl": np.float64, "dblp": np.float64}
 
 
 class MediaError(SempairError):
     """A file that cannot be ingested; str(error) is the reason shown to the user."""
+
+
+class CorruptAudioError(MediaError):
+    """Decodable audio whose samples are mostly NaN, infinite or out of range."""
 
 
 @dataclass(frozen=True)
@@ -237,13 +255,19 @@ class ClipReader:
             bad_in_a_row = 0
             yield from frames
 
+    def _origin(self) -> float:
+        """Where the clip timeline starts: the video's start, else the audio's (not < 0)."""
+        first = self.video if self.video is not None else self.audio
+        return max(0.0, _seconds(first.start_time, first.time_base) or 0.0)
+
     def __iter__(self) -> Iterator[ClipBatch]:
         f = self.features
-        origin = max(0.0, *(_seconds(s.start_time, s.time_base) or 0.0
-                            for s in self.streams))
+        origin = self._origin()
         resampler = av.AudioResampler(format="flt", layout="mono", rate=f.sample_rate)
         audio = _SampleBuffer(f.sample_rate, origin) if self.audio is not None else _Absent()
-        frames = _FrameSampler(origin, f) if self.video is not None else _Absent()
+        frames = _FrameSampler(origin, f, _Upright(self.video)) if self.video is not None \
+            else _Absent()
+        samples = _SampleCheck(origin)
         next_clip = 0
         pending: list[tuple[float, np.ndarray | None, np.ndarray | None]] = []
 
@@ -263,6 +287,7 @@ class ClipReader:
 
         for frame in self._decoded():
             if isinstance(frame, av.AudioFrame):
+                samples.repair(frame)
                 for out in resampler.resample(frame):
                     audio.place(out.time, out.to_ndarray()[0])
             else:
@@ -280,9 +305,24 @@ class ClipReader:
         clip_seconds = self.clip_samples / f.sample_rate
         self.decoded_seconds = (next_clip - 1) * self.hop_seconds + clip_seconds if next_clip \
             else 0.0
-        self.problems += [f"audio missing for {length:.1f} s at {at:.1f} s: filled with "
-                          "silence" for at, length in audio.gaps if length >= REPORT_GAP]
+        self.problems += [*self._gap_notes(audio.gaps), *frames.problems]
         self._check_coverage(audio, frames)
+        repaired = samples.verdict()      # raises CorruptAudioError for a broken track
+        if repaired:
+            self.problems.append(repaired)
+
+    def _gap_notes(self, gaps) -> list[str]:
+        notes = []
+        for at, length in gaps:
+            if length < REPORT_GAP:
+                continue
+            if at == 0 and self.video is not None:
+                notes.append(f"audio starts {length:.1f} s after the video: its first "
+                             f"{length:.1f} s are filled with silence")
+            else:
+                notes.append(f"audio missing for {length:.1f} s at {at:.1f} s: filled with "
+                             "silence")
+        return notes
 
     def _check_coverage(self, audio: _SampleBuffer | _Absent,
                         frames: _FrameSampler | _Absent) -> None:
@@ -310,6 +350,7 @@ class _Absent:
     (its end is infinite) and gives None for each clip."""
     end = math.inf
     gaps: tuple = ()
+    problems: tuple = ()
 
     def take(self, start: int, stop: int) -> None:
         return None
@@ -365,12 +406,124 @@ class _SampleBuffer:
             self.base = index
 
 
+class _SampleCheck:
+    """Sets decoded float audio values that are NaN, infinite or beyond ±MAX_SAMPLE to 0,
+    in place, before resampling can spread them; counts them and notes where they were."""
+
+    def __init__(self, origin: float):
+        self.origin = origin
+        self.bad = self.total = 0         # values, all channels
+        self.first = self.last = 0.0      # timeline seconds of the first and last bad value
+        self.clock = origin               # file seconds where the next frame starts (no pts)
+
+    def repair(self, frame: av.AudioFrame) -> None:
+        start = frame.time if frame.time is not None else self.clock
+        self.clock = start + frame.samples / max(frame.sample_rate, 1)
+        channels = frame.layout.nb_channels
+        self.total += frame.samples * channels
+        dtype = FLOAT_AUDIO.get(frame.format.name)
+        if dtype is None:                 # integer samples are always finite and in range
+            return
+        per_plane = 1 if frame.format.is_planar else channels
+        for plane in frame.planes[:channels // per_plane]:
+            values = np.frombuffer(plane, dtype, count=frame.samples * per_plane)
+            bad = ~(np.abs(values) <= MAX_SAMPLE)           # NaN compares False
+            if bad.any():
+                self._note(start, np.flatnonzero(bad) // per_plane, max(frame.sample_rate, 1))
+                values[bad] = 0
+
+    def _note(self, start: float, indices: np.ndarray, rate: int) -> None:
+        first, last = start - self.origin + indices[[0, -1]] / rate
+        self.first = min(self.first, first) if self.bad else first
+        self.last = max(self.last, last)
+        self.bad += len(indices)
+
+    def verdict(self) -> str | None:
+        """None if every value was fine, else what was repaired; CorruptAudioError when
+        more than MAX_BAD_SHARE of the values were bad (a broken track, not a glitch)."""
+        if not self.bad:
+            return None
+        when = f"at {self.first:.2f} s" if f"{self.first:.2f}" == f"{self.last:.2f}" else \
+            f"from {self.first:.2f} s to {self.last:.2f} s"
+        what = (f"{self.bad} of {self.total} audio samples (all channels) were NaN, infinite "
+                f"or beyond ±{MAX_SAMPLE:g}, {when}")
+        if self.bad > MAX_BAD_SHARE * self.total:
+            raise CorruptAudioError(
+                f"corrupt audio: {what} ({self.bad / self.total:.1%}; at most "
+                f"{MAX_BAD_SHARE:.0%} is repaired as silence): the audio track is broken; "
+                "export it again from the source, or mux a good audio track into the file")
+        return f"{what}: set to 0 (silence)"
+
+
+class _Upright:
+    """How to turn a video's stored frames upright: its frames' display matrix (phones,
+    body cams), else the stream's old-style `rotate` tag (degrees clockwise)."""
+
+    def __init__(self, stream: av.video.stream.VideoStream):
+        self.problems: list[str] = []
+        tag = next((v for k, v in stream.metadata.items() if k.lower() == "rotate"), None)
+        self.tagged = self._turns(*_tag_matrix(tag)) if tag is not None else NO_TURN
+        self.known: dict[bytes, tuple[bool, bool, bool]] = {}
+
+    def turns(self, frame: av.VideoFrame) -> tuple[bool, bool, bool]:
+        """(transpose, flip rows, flip columns), applied in that order."""
+        side = frame.side_data.get(DISPLAY_MATRIX)
+        if side is None:
+            return self.tagged
+        key = bytes(side)
+        if key not in self.known:
+            m = np.frombuffer(key, np.int32)        # 3×3, row-major; 2×2 part in 16.16
+            self.known[key] = self._turns(m[0], m[1], m[3], m[4])
+        return self.known[key]
+
+    def _turns(self, a: float, b: float, c: float, d: float) -> tuple[bool, bool, bool]:
+        """A display matrix maps a stored pixel (x, y) to (a·x + c·y, b·x + d·y)."""
+        scale = max(abs(a), abs(b), abs(c), abs(d)) or 1
+        a, b, c, d = (round(float(v) / scale, 3) for v in (a, b, c, d))
+        if b == c == 0 and abs(a) == abs(d) == 1:
+            return False, d < 0, a < 0
+        if a == d == 0 and abs(b) == abs(c) == 1:
+            return True, b < 0, c < 0
+        self.problems.append(f"video rotation of {math.degrees(math.atan2(c, a)):.0f}° "
+                             "(counterclockwise) is not a multiple of 90°: frames left as "
+                             "stored; rotate the file upright first (ffmpeg does when "
+                             "transcoding)")
+        return NO_TURN
+
+
+NO_TURN = (False, False, False)
+DISPLAY_MATRIX = av.sidedata.sidedata.Type.DISPLAYMATRIX
+
+
+def _tag_matrix(tag: str) -> tuple[float, float, float, float]:
+    """The 2×2 display matrix of a `rotate` tag (degrees clockwise; not a number: none)."""
+    try:
+        radians = -math.radians(float(tag))
+    except ValueError:
+        radians = math.nan                          # reported as not a multiple of 90°
+    return math.cos(radians), -math.sin(radians), math.sin(radians), math.cos(radians)
+
+
+def _turned(image: np.ndarray, turns: tuple[bool, bool, bool]) -> np.ndarray:
+    """[h, w, 3] -> upright [H, W, 3] (a view)."""
+    transpose, flip_rows, flip_columns = turns
+    if transpose:
+        image = image.transpose(1, 0, 2)
+    if flip_rows:
+        image = image[::-1]
+    if flip_columns:
+        image = image[:, ::-1]
+    return image
+
+
 class _FrameSampler:
     """Resample video to a fixed fps: target frame j (at origin + j/fps) is the last source
-    frame whose time is <= that. Only frames that are used get converted and resized."""
+    frame whose time is <= that. Only frames that are used get converted, resized and
+    turned upright."""
 
-    def __init__(self, origin: float, features: FeatureConfig):
-        self.origin, self.fps = origin, features.fps
+    def __init__(self, origin: float, features: FeatureConfig, upright: _Upright):
+        self.origin, self.fps, self.upright = origin, features.fps, upright
+        self.problems = upright.problems
         self.size = (features.width, features.height)
         self.base = 0                 # target index of frames[0]
         self.frames: list[np.ndarray] = []
@@ -408,10 +561,11 @@ class _FrameSampler:
 
     def _emit(self) -> None:
         if self.prev_rgb is None:
-            width, height = self.size
-            self.prev_rgb = self.reformatter.reformat(
-                self.prev, width=width, height=height, format="rgb24",
-                interpolation="AREA").to_ndarray().transpose(2, 0, 1)  # [3, H, W]
+            turns = self.upright.turns(self.prev)
+            width, height = self.size[::-1] if turns[0] else self.size   # as stored
+            rgb = self.reformatter.reformat(self.prev, width=width, height=height,
+                                            format="rgb24", interpolation="AREA").to_ndarray()
+            self.prev_rgb = _turned(rgb, turns).transpose(2, 0, 1)        # [3, H, W]
         self.frames.append(self.prev_rgb)
 
     def take(self, start: int, stop: int) -> np.ndarray:

@@ -3,7 +3,8 @@
     embeddings (frozen encoders, or a baseline)
       -> localization probe (train -> test) -> anomaly scores (test vs train)
       -> event search (test queries, train archive) -> pair quality (train)
-      -> metrics.json, evaluation.json, probe.npz, anomaly.npz, report.html
+      -> metrics.json, evaluation.json, probe.npz, anomaly.npz, report.html (unless
+         report=False: `sempair evaluate --no-report`; a release works without it)
 
 `score` does the tasks for any `Embeddings`, so the experiment grid scores baselines
 with exactly the code that scores trained models.
@@ -145,6 +146,7 @@ def evaluate(model_dir: str | Path, dataset: str | Path, out: str | Path, cfg: C
         "gate": {"passed": all(c.passed for c in checks),
                  "checks": [{"metric": c.metric, "value": c.value, "threshold": c.threshold,
                              "passed": c.passed} for c in checks]},
+        "report": report,       # report.html written (a release carries it when it is)
         "evaluate": cfg.to_dict()["evaluate"], "sempair_version": __version__}),
         indent=2) + "\n")
     if report:

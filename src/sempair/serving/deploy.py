@@ -170,12 +170,13 @@ def check_target(target: str, store: str) -> str:
 
 def pod_config(folder: str | Path, cfg: ServeConfig, *, name: str, mar_file: str) -> Path:
     """folder/config.properties for the serving pods (k8s/ ships it as their ConfigMap): the
-    hardened config with the pod's paths. Inference listens on all of the pod's interfaces
-    (the Service reaches the pod IP); management and metrics stay on 127.0.0.1. Token auth
-    is off: TorchServe makes a random key per process, which replicas behind one Service
-    cannot share, so the NetworkPolicy that admits only labelled clients to the inference
-    port is the guard (docs/operations.md)."""
-    pod = dataclasses.replace(cfg, host="0.0.0.0")
+    hardened config with the pod's paths. Every port listens on 127.0.0.1 only: the pod's
+    nginx proxy (k8s/base/torchserve/proxy.conf) is its front door, and the only thing the
+    Service reaches; it forwards POST /predictions/<model> and GET /ping, and times out slow
+    clients, which TorchServe cannot. Token auth is off: TorchServe makes a random key per
+    process, which replicas behind one Service cannot share, so the NetworkPolicy that
+    admits only labelled clients to the proxy port is the guard (docs/operations.md)."""
+    pod = dataclasses.replace(cfg, host="127.0.0.1")
     lines = config_lines(POD_HOME, POD_MODEL_STORE, pod, model_name=name, mar_file=mar_file,
                          ports=resolve_ports(pod), token_auth=False)
     path = Path(folder) / "config.properties"

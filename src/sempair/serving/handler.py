@@ -11,6 +11,16 @@ or multipart fields by name (`data`/`file` for the media, `top_k`, `embeddings`)
 strings are dropped on /predictions, so parameters also come as the headers
 `X-Sempair-Top-K` and `X-Sempair-Embeddings`. Request headers keep the client's spelling
 (`Content-Type`, `Content-type`), so they are looked up case-insensitively.
+
+Routes: the frontend hands every inference route to the same handler. It marks the request
+only through two headers it adds after the client's (so it wins on its own routes):
+`/predictions/<m>[/<v>]` carries `explain: False` and `url_path: ""`; `/explanations`, KServe
+v1 `:explain` and v2 `/explain` carry `explain: True`; `/predictions/<m>/<v>/<more>` a non-empty
+`url_path`; KServe v1 `:predict`, v2 `/infer`, `/<m>/predict`, `/models/<m>/invoke` and
+`/invocations` no `url_path`. Anything but the predictions route is refused with 404
+(`_check_route`). The HTTP method is NOT passed to the handler (PUT, DELETE, TRACE or a
+made-up method on /predictions look exactly like POST), and `/api-description` or OPTIONS
+never reach it: those are refused by the proxy in front of TorchServe (k8s/, docs/serving.md).
 """
 
 from __future__ import annotations
@@ -71,7 +81,9 @@ class SempairHandler(BaseHandler):
 
     def _request(self, row: dict, context, i: int) -> tuple[bytes, int | None, bool]:
         """(media bytes, top_k, embeddings) of request i; RequestError when unusable."""
-        headers = {str(k).lower(): v for k, v in context.get_all_request_header(i).items()}
+        raw = context.get_all_request_header(i)
+        _check_route(raw, getattr(context, "model_name", "<model>"))
+        headers = {str(k).lower(): v for k, v in raw.items()}
         field = next((name for name in MEDIA_FIELDS if name in row), None)
         _check_type(_content_type(headers, field))
         if field is None:
@@ -117,6 +129,21 @@ def _threads(model_dir: Path) -> int | None:
 
 
 # -- request parsing -------------------------------------------------------------------------
+
+def _check_route(raw: dict, model: str) -> None:
+    """Only /predictions/<model>[/<version>], as the frontend's own `url_path` and `explain`
+    headers tell (exact keys: a client's `Explain` is another key); else 404."""
+    if "url_path" not in raw:
+        taken = "a KServe v1/v2, /<model>/predict or /invocations route"
+    elif raw.get("explain") != "False":
+        taken = "the explanations API"
+    elif raw["url_path"]:
+        taken = "a path with more segments than /predictions/<model>/<version>"
+    else:
+        return
+    raise RequestError(f"not found: this server answers only POST /predictions/{model} (this "
+                       f"request came by {taken}); send the media there", 404)
+
 
 def _content_type(headers: dict, field: str | None) -> str:
     """The media's type: the request's Content-Type, or for multipart the part's own."""

@@ -18,10 +18,17 @@ the score is calibrated on audio and video together. A bundle without one-modali
 `summary.events` counts the clips of each predicted event, `background` left out;
 `summary.anomalies` the clips flagged anomalous.
 
+Poisoned media is handled as ingest handles it (the same `ClipReader`): a few NaN or
+infinite audio samples are set to silence and named in `media.problems`; audio that is
+mostly such is a 422. No answer ever carries a non-finite score, probability or embedding
+as a normal value: should the model give one, that item is a 422 (never `null`, which a
+client would read as "not anomalous").
+
 Errors are `RequestError`s whose `status` is the HTTP answer: 400 malformed request,
 413 too large or too long, 415 not media FFmpeg can decode, 422 decodable but no clip
-(shorter than a clip, no stream) and also an unexpected decoder failure on this input (the
-input is what FFmpeg chokes on; the message asks for the file). Bad input never gets a 5xx.
+(shorter than a clip, no stream, corrupt audio, a non-finite result) and also an
+unexpected decoder failure on this input (the input is what FFmpeg chokes on; the message
+asks for the file). Bad input never gets a 5xx.
 """
 
 from __future__ import annotations
@@ -43,7 +50,13 @@ from sempair.config import FeatureConfig
 from sempair.evaluate.anomaly import AnomalyScorer
 from sempair.evaluate.probe import Probe
 from sempair.features import log_mel
-from sempair.media import ClipReader, MediaError, open_media, recording_streams
+from sempair.media import (
+    ClipReader,
+    CorruptAudioError,
+    MediaError,
+    open_media,
+    recording_streams,
+)
 from sempair.serving.bundle import (
     BUNDLE_FILE,
     FORMAT,
@@ -68,6 +81,13 @@ class RequestError(SempairError):
     def __init__(self, message: str, status: int = 400):
         super().__init__(message)
         self.status = status
+
+
+class NonFiniteResult(RequestError):
+    """The model gave NaN or infinity for this input: withheld, never sent as a value."""
+
+    def __init__(self, message: str):
+        super().__init__(message, 422)
 
 
 @dataclass
@@ -142,7 +162,10 @@ class Predictor:
                           floating=False)
         clip = _Clips(AUDIOVISUAL, np.zeros(1), logmel[None], frames[None], self.clip_seconds,
                       [])
-        return self._predict([clip], self._top_k(top_k), embeddings)[0]
+        result = self._predict([clip], self._top_k(top_k), embeddings)[0]
+        if isinstance(result, RequestError):
+            raise result
+        return result
 
     def predict_many(self, items: list[bytes], *, top_k: int | None = None,
                      embeddings: bool = False,
@@ -217,6 +240,8 @@ class Predictor:
                     if batch.frames is not None:
                         frames.append(batch.frames)
                 problems = list(reader.problems)
+        except CorruptAudioError as error:      # decodable, but the audio is not sound
+            raise RequestError(f"{error}; {SEND}", 422) from None
         except MediaError as error:
             raise RequestError(f"{error}; {SEND}", 415) from None
         if not starts:
@@ -242,11 +267,18 @@ class Predictor:
 
     # -- embedding and scoring ---------------------------------------------------------------
 
-    def _predict(self, items: list[_Clips], top_k: int, embeddings: bool) -> list[dict]:
+    def _predict(self, items: list[_Clips], top_k: int,
+                 embeddings: bool) -> list[dict | RequestError]:
+        """Each item's answer, or its 422 when the model gave it a non-finite number."""
         audio = self._embed(AUDIO, [item.logmel for item in items])
         video = self._embed(VIDEO, [item.frames for item in items])
-        return [self._result(item, a, v, top_k, embeddings)
-                for item, a, v in zip(items, audio, video, strict=True)]
+        answers = []
+        for item, a, v in zip(items, audio, video, strict=True):
+            try:
+                answers.append(self._result(item, a, v, top_k, embeddings))
+            except NonFiniteResult as error:
+                answers.append(error)
+        return answers
 
     @torch.inference_mode()
     def _embed(self, kind: str, inputs: list[np.ndarray | None]) -> list[np.ndarray | None]:
@@ -267,8 +299,9 @@ class Predictor:
         features = {AUDIOVISUAL: lambda: np.concatenate([audio, video], 1),
                     AUDIO: lambda: audio, VIDEO: lambda: video}[mode]()      # [n, D]
         probe = self.probes[mode]
-        probabilities = probe.probabilities(features)                        # [n, C]
-        anomaly = self.scorer.scores(audio, video)["combined"] \
+        _finite(item, "embedding", features)
+        probabilities = _finite(item, "event probability", probe.probabilities(features))
+        anomaly = _finite(item, "anomaly score", self.scorer.scores(audio, video)["combined"]) \
             if mode == AUDIOVISUAL and self.threshold is not None else None  # [n]
         similar = self._similar(mode, audio, video, top_k)
         clips = []
@@ -388,6 +421,19 @@ def _checked(array, shape: tuple[int, ...], name: str, what: str, floating: bool
             raise RequestError(f"{name} has NaN or infinite values (float16 range); send "
                                "log-mel as `sempair.features.log_mel` computes it")
     return array
+
+
+def _finite(item: _Clips, what: str, values: np.ndarray) -> np.ndarray:
+    """values [n, ...] per clip of item, or NonFiniteResult naming the first bad clip."""
+    bad = ~np.isfinite(values).reshape(len(values), -1).all(axis=1)
+    if bad.any():
+        at = float(item.starts[np.argmax(bad)])
+        raise NonFiniteResult(
+            f"the model gave a NaN or infinite {what} for {int(bad.sum())} of {len(values)} "
+            f"clips (the first at {at:.2f} s); the answer is withheld rather than sent "
+            "without it (a missing score would read as not anomalous); please report it "
+            "with the media file")
+    return values
 
 
 def _events(classes: np.ndarray, probabilities: np.ndarray) -> dict:

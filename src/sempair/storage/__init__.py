@@ -21,6 +21,7 @@ Submodules: `s3` (settings, URIs, errors, the verified and retried `S3Store`), `
 
 from sempair.storage.folders import (
     MARKER,
+    check_destination,
     download_dir,
     fetch,
     find,
@@ -78,6 +79,7 @@ __all__ = [
     "SourceFile",
     "StorageError",
     "Transfer",
+    "check_destination",
     "default_cache_dir",
     "download_dir",
     "fetch",

@@ -98,6 +98,15 @@ def publish(local_dir: str | Path, uri: str | Path, marker: str | None = MARKER)
     return str(dest)
 
 
+def check_destination(uri: str | Path, marker: str = MARKER) -> None:
+    """Fail now, not after hours of work, if s3:// `uri` cannot take a folder: the store
+    must answer and the bucket must exist. A local path needs no check (its folder is
+    created before any work)."""
+    if is_remote(uri):
+        target = parse_s3_uri(str(uri))
+        S3Store(target.bucket).list(target.key(marker))   # one tiny listing; no bucket fails
+
+
 def fetch(uri: str | Path, cache_dir: str | Path | None = None,
           marker: str | None = MARKER) -> Path:
     """A local folder with the contents of `uri`: a local path as-is; an s3:// folder is

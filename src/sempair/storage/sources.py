@@ -129,8 +129,8 @@ class LocalSource:
         try:
             mode = path.stat().st_mode
         except FileNotFoundError:
-            raise FileNotFoundError(f"{file_id} vanished from {self.uri} after it was "
-                                    "listed; copy it back, or re-run ingest") from None
+            raise FileNotFoundError(f"{file_id} is not in {self.uri} (deleted or moved?); "
+                                    "check the name, or copy the file back") from None
         if not S_ISREG(mode):
             raise IsADirectoryError(f"{file_id} is {_kind(mode)}, not a regular file")
         yield path

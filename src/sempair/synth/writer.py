@@ -6,6 +6,11 @@
 
 Memory stays at one chunk: whichever stream is behind in time is fed next, so a long
 recording is never held whole and the muxer gets packets in time order.
+
+The bytes are a function of the inputs alone: every encoder runs on one thread (PyAV's
+default is one per core, and mpeg4, for one, then cuts a slice per thread, so its bytes
+follow the machine's core count), and the muxer is bit-exact (Matroska/WebM and Ogg
+otherwise stamp each file with random segment, track and serial numbers).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ MOV_FAMILY = {".mp4", ".m4a", ".m4v", ".mov"}           # where +faststart means
 OPUS_RATES = (48000, 24000, 16000, 12000, 8000)         # libopus takes only these
 LAYOUTS = {1: "mono", 2: "stereo"}
 CODEC_OPTIONS = {  # speed over size: these files are for training, not for archiving
-    "libx264": {"preset": "veryfast", "threads": "1"},    # one thread per file: determined
+    "libx264": {"preset": "veryfast"},
     "aac": {"aac_coder": "fast"},                          # 2x faster than twoloop
     "libvpx-vp9": {"deadline": "realtime", "cpu-used": "8"},
 }
@@ -56,6 +61,7 @@ def write_recording(path: str | Path, frames: Iterable[np.ndarray] | None,
     options = {"movflags": "+faststart"} if faststart and suffix in MOV_FAMILY else {}
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w", options=options) as out:
+        out.flags |= av.container.Flags.bitexact.value  # no random ids: same input, same bytes
         v = a = None
         if next_v is not None:
             height, width = next_v.shape[1:3]
@@ -65,6 +71,7 @@ def write_recording(path: str | Path, frames: Iterable[np.ndarray] | None,
             v = out.add_stream(vcodec, rate=fps)
             v.width, v.height, v.pix_fmt = width, height, pix_fmt
             v.options = CODEC_OPTIONS.get(vcodec, {})
+            v.codec_context.thread_count = 1              # threads change the bytes
         if next_a is not None:
             channels = next_a.shape[0]
             if channels not in LAYOUTS:
@@ -74,6 +81,7 @@ def write_recording(path: str | Path, frames: Iterable[np.ndarray] | None,
                 rate = 48000                       # PyAV's encoder resamples on the way in
             a = out.add_stream(acodec, rate=rate, layout=LAYOUTS[channels])
             a.options = CODEC_OPTIONS.get(acodec, {})
+            a.codec_context.thread_count = 1
         n_frames = n_samples = 0
         while next_v is not None or next_a is not None:
             video_first = next_a is None or (
