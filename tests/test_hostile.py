@@ -195,3 +195,24 @@ def test_damaged_media_gives_the_same_dataset_whatever_the_workers(tmp_path, goo
     b = pd.read_parquet(tmp_path / "two" / "recordings.parquet")
     pd.testing.assert_frame_equal(a, b)
     assert one.dataset_id == two.dataset_id
+
+
+def test_hostile_object_keys_in_an_s3_source_are_quarantined_never_read(
+        tmp_path, good_mp4, cfg, s3_env, s3_server):
+    """Keys are chosen by whoever writes to the bucket: one that names no clean relative
+    path is reported with its reason and never downloaded; the good recording is ingested."""
+    client = s3_server.client()
+    client.put_object(Bucket=s3_env, Key="raw/cam0.mp4", Body=good_mp4.read_bytes())
+    hostile = {"/abs.mp4", "a//b.mp4", "../up.mp4", "sub/./dot.mp4", "back\\slash.mp4"}
+    for key in hostile:
+        client.put_object(Bucket=s3_env, Key=f"raw/{key}", Body=good_mp4.read_bytes())
+    assert {f.id for f in open_source(f"s3://{s3_env}/raw").list() if f.problem} == hostile
+
+    ingest(f"s3://{s3_env}/raw", tmp_path / "ds", cfg, workers=1)
+    rows = pd.read_parquet(tmp_path / "ds" / "recordings.parquet").set_index("recording")
+    assert rows.loc["cam0.mp4", "status"] == "ok"
+    assert set(rows.index) == hostile | {"cam0.mp4"}
+    for key in hostile:
+        assert rows.loc[key, "status"] == "quarantined"
+        assert "not a clean relative path" in rows.loc[key, "error"]
+    assert not list(tmp_path.rglob("*up.mp4")) and not os.path.exists("/abs.mp4")

@@ -20,6 +20,7 @@ from sempair.storage.s3 import (
     _local,
     is_remote,
     parse_s3_uri,
+    unsafe_relative_key,
 )
 from sempair.storage.sources import default_cache_dir
 
@@ -187,16 +188,13 @@ def _confined(source: S3Uri, key: str) -> PurePosixPath:
     empty segment, a backslash or NUL) refuses the whole fetch, naming the key.
     """
     relative = key.removeprefix(source.folder)
-    parts = relative.split("/")
-    unsafe = (not key.startswith(source.folder) or not relative
-              or any(p in ("", ".", "..") or "\\" in p or "\0" in p for p in parts))
-    if unsafe:
+    if not key.startswith(source.folder) or unsafe_relative_key(relative):
         raise StorageError(
             f"refusing to fetch {source}: object key {key!r} would not land inside the "
             "destination folder (an absolute path, '..', '.', an empty segment, a backslash "
             "or NUL in it); nothing was downloaded. Delete or rename that object, and check "
             "who can write to the bucket")
-    return PurePosixPath(*parts)
+    return PurePosixPath(*relative.split("/"))
 
 
 def _files(folder: Path) -> list[str]:

@@ -149,6 +149,14 @@ class S3Uri:
         return f"{self.prefix}/" if self.prefix else ""
 
 
+def unsafe_relative_key(relative: str) -> bool:
+    """True when `relative` (an object key below a prefix) would not name a path inside a
+    local folder: empty, absolute (an empty first segment), '..', '.', an empty segment,
+    a backslash or NUL. Keys are chosen by whoever can write to the bucket."""
+    return not relative or any(part in ("", ".", "..") or "\\" in part or "\0" in part
+                               for part in relative.split("/"))
+
+
 def is_remote(uri: str | Path) -> bool:
     return str(uri).startswith("s3://")
 

@@ -14,7 +14,14 @@ from pathlib import Path, PurePosixPath
 from stat import S_ISBLK, S_ISCHR, S_ISDIR, S_ISFIFO, S_ISREG, S_ISSOCK
 from typing import BinaryIO, Protocol
 
-from sempair.storage.s3 import S3Store, StorageError, _local, is_remote, parse_s3_uri
+from sempair.storage.s3 import (
+    S3Store,
+    StorageError,
+    _local,
+    is_remote,
+    parse_s3_uri,
+    unsafe_relative_key,
+)
 
 
 @dataclass(frozen=True)
@@ -152,9 +159,14 @@ class S3Source:
         files = []
         for obj in self.store.list(self.location.folder):
             file_id = obj.key.removeprefix(self.location.folder)
-            if file_id.endswith("/") or any(p.startswith(".") for p in file_id.split("/")):
+            if file_id.endswith("/"):
                 continue
-            files.append(SourceFile(file_id, obj.size, obj.etag))
+            if unsafe_relative_key(file_id):      # never downloaded: it names no clean path
+                files.append(SourceFile(file_id, obj.size, obj.etag, problem=(
+                    "its object key is not a clean relative path (an empty segment, '.', "
+                    "'..', a backslash or NUL): not read; rename the object")))
+            elif not any(p.startswith(".") for p in file_id.split("/")):
+                files.append(SourceFile(file_id, obj.size, obj.etag))
         return files
 
     def open(self, file_id: str) -> BinaryIO:
