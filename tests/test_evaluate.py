@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.linear_model import LogisticRegression
 
 from sempair.cli import main
 from sempair.config import load_config
@@ -14,10 +15,18 @@ from sempair.evaluate import EvaluationError, evaluate, gate, score
 from sempair.evaluate.anomaly import AnomalyScorer, anomaly_metrics, fit_scorer
 from sempair.evaluate.embeddings import Embeddings, encode, handcrafted, load_encoders
 from sempair.evaluate.pairs import agreement, relation_quality
-from sempair.evaluate.probe import Probe, localization, probe_features
+from sempair.evaluate.probe import (
+    Probe,
+    c_grid,
+    fit_probe,
+    localization,
+    probe_features,
+    release_c,
+)
 from sempair.evaluate.release import make_release
 from sempair.evaluate.search import event_search, rank
 from sempair.pairing import Partners
+from sempair.serving.bundle import _write_modality_probes
 from tests.conftest import TRAIN_SMALL
 
 METRICS = {"localization_accuracy", "localization_macro_f1", "anomaly_knn_auc",
@@ -206,3 +215,126 @@ def test_an_evaluation_without_report_can_be_released(tmp_path, small_model, syn
     assert "report.html" not in card["files"] and "probe.npz" in card["files"]
     assert set(card["files"]) == {p.name for p in (tmp_path / "release").iterdir()} - {
         "release.json"}
+
+
+# -- the probe: C chosen on val, class-balanced, the same fit in serving --------------------
+
+BACKBONE_METRICS = {"backbone_localization_accuracy", "backbone_localization_macro_f1",
+                    "backbone_localization_c", "backbone_search_v2v_map",
+                    "backbone_anomaly_knn_auc"}
+
+
+def diagonal_bands(seed=0):
+    """2-D train clips in two parallel diagonal bands: the class means differ along the
+    bands, the gap between them runs across, so a strongly regularised probe (small C,
+    weights ~ the mean difference) and a weak one (large C, the max margin) disagree."""
+    rng = np.random.default_rng(seed)
+    t0, t1 = rng.uniform(-3, 3, 40), rng.uniform(0, 6, 40)
+    x = np.concatenate([np.stack([t0, t0 + 0.5], 1), np.stack([t1, t1 - 0.5], 1)])
+    return x, np.array(["car"] * 40 + ["siren"] * 40)
+
+
+def held_out_embeddings(x_train, y_train, x_held, val_labels, test_labels):
+    """Train clips, then the same held-out clips twice: once as val, once as test."""
+    x = np.concatenate([x_train, x_held, x_held]).astype(np.float32)
+    n, m = len(x_train), len(x_held)
+    clips = pd.DataFrame({"recording": ["r.mp4"] * (n + 2 * m),
+                          "split": ["train"] * n + ["val"] * m + ["test"] * m,
+                          "label": [*y_train, *val_labels, *test_labels],
+                          "anomaly": np.zeros(n + 2 * m, np.int8)})
+    return Embeddings(x, np.zeros((len(x), 1), np.float32), clips, cross_modal=False)
+
+
+def test_the_probe_c_is_chosen_on_val_never_on_test():
+    x, y = diagonal_bands()
+    strong, weak = fit_probe(x, y, 0.01), fit_probe(x, y, 10.0)
+    grid = np.stack(np.meshgrid(np.linspace(-4, 8, 25), np.linspace(-4, 8, 25)), -1)
+    grid = grid.reshape(-1, 2)                                              # [625, 2]
+    held = grid[strong.predict(grid) != weak.predict(grid)]     # where the two Cs disagree
+    assert len(set(strong.predict(held))) == 2
+    # val agrees with the strong probe, test with the weak one: val must win
+    located = localization(held_out_embeddings(x, y, held, strong.predict(held),
+                                               weak.predict(held)), c=1.0)
+    assert located.c == pytest.approx(0.01)
+    assert sorted(located.c_scores) == pytest.approx(list(c_grid(1.0)))
+    assert located.c_scores[located.c] == pytest.approx(1.0)
+    assert located.macro_f1 == pytest.approx(0.0)     # test disagrees everywhere: unseen
+    # the same clips with val and test swapped: the choice follows val
+    swapped = localization(held_out_embeddings(x, y, held, weak.predict(held),
+                                               strong.predict(held)), c=1.0)
+    assert swapped.c == pytest.approx(10.0) and swapped.macro_f1 == pytest.approx(0.0)
+
+
+def test_ties_on_val_go_to_the_stronger_regularisation_and_no_val_falls_back():
+    x, y = diagonal_bands()
+    far = np.array([[-3.0, 3.0], [6.0, 0.0]])         # every C gets these right
+    located = localization(held_out_embeddings(x, y, far, ["car", "siren"],
+                                               ["car", "siren"]), c=2.0)
+    assert set(located.c_scores.values()) == {1.0} and located.c == pytest.approx(0.02)
+    emb = clustered()                                 # train and test only
+    located = localization(emb, c=3.0)
+    assert located.c == 3.0 and located.c_scores == {}
+
+
+def test_class_balance_gives_the_minority_class_its_share():
+    # 60 background clips over [-2, 2], 6 siren clips over [1, 3]: at 2.0 the sirens are
+    # the better explanation per class, background only by headcount
+    x = np.concatenate([np.linspace(-2, 2, 60), np.linspace(1, 3, 6)])[:, None]
+    y = np.array(["background"] * 60 + ["siren"] * 6)
+    query = np.array([[2.0]])
+    standardise = lambda v: (v - x.mean(0)) / x.std(0)   # noqa: E731
+    unweighted = LogisticRegression(C=1.0, max_iter=2000).fit(standardise(x), y)
+    assert unweighted.predict(standardise(query)).tolist() == ["background"]
+    assert fit_probe(x, y, 1.0).predict(query).tolist() == ["siren"]
+
+
+def test_a_two_class_probe_gives_scikit_learns_probabilities():
+    x, y = diagonal_bands()
+    probe = fit_probe(x, y, 1.0)
+    assert probe.weight.shape == (2, 2)
+    fitted = LogisticRegression(C=1.0, max_iter=2000, class_weight="balanced").fit(
+        (x - probe.mean) / probe.scale, y)
+    assert np.allclose(probe.probabilities(x),
+                       fitted.predict_proba((x - probe.mean) / probe.scale), atol=1e-5)
+    assert set(probe.predict(x)) == {"car", "siren"}
+
+
+def test_the_release_c_is_the_chosen_one_and_older_evaluations_keep_probe_c():
+    assert release_c({"probe": {"c": 0.1}, "evaluate": {"probe_c": 1.0}}) == 0.1
+    assert release_c({"evaluate": {"probe_c": 1.0}}) == 1.0
+
+
+def test_backbone_metrics_and_the_chosen_c_are_written_and_serving_fits_the_same_probe(
+        tmp_path, small_model, synth_dataset):
+    out = tmp_path / "eval"
+    cfg = load_config(None, ["evaluate.map_method=pca"])
+    summary = evaluate(small_model, synth_dataset, out, cfg, report=False)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics.keys() >= BACKBONE_METRICS | {"localization_c"}
+    assert "backbone_search_a2v_map" not in metrics     # two spaces: no cross-modal task
+    assert 0 <= metrics["backbone_localization_macro_f1"] <= 1
+    assert "backbone_localization_macro_f1" in str(summary)
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    probe = evaluation["probe"]
+    assert probe["c"] == metrics["localization_c"] and probe["class_weight"] == "balanced"
+    assert evaluation["backbone_probe"]["c"] == metrics["backbone_localization_c"]
+    assert probe["c"] in probe["grid"] or probe["c"] == cfg.evaluate.probe_c
+    # the released probe is the class-balanced fit on train with the recorded C
+    data = ClipDataset(synth_dataset)
+    emb = encode(load_encoders(small_model)[0], data, 64)
+    labels, train = emb.clips["label"].to_numpy().astype(str), emb.rows("train")
+    saved, refit = Probe.load(out / "probe.npz"), fit_probe(probe_features(emb)[train],
+                                                            labels[train], probe["c"])
+    assert np.array_equal(saved.classes, refit.classes)
+    assert np.allclose(saved.weight, refit.weight, atol=1e-3)
+    # the bundle's one-modality probes use the evaluation's chosen C, not evaluate.probe_c
+    evaluation["probe"]["c"] = 0.01
+    (out / "evaluation.json").write_text(json.dumps(evaluation))
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    scorer = AnomalyScorer.load(out / "anomaly.npz")
+    _write_modality_probes(bundle, out, data, train, scorer)
+    served = Probe.load(bundle / "probe_audio.npz")
+    chosen, default = (fit_probe(emb.audio[train], labels[train], c) for c in (0.01, 1.0))
+    assert np.allclose(served.weight, chosen.weight, atol=1e-3)
+    assert not np.allclose(served.weight, default.weight, atol=1e-3)

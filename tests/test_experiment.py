@@ -22,6 +22,12 @@ def test_quick_grid_writes_the_table_and_keeps_the_analysis(tmp_path):
     assert "analysis before" in text and "analysis after" in text and "stale" not in text
     assert "| `epg` |" in text and "EPG / exact-time InfoNCE: localization accuracy" in text
     assert "sempair experiment OUT --quick" in text and " ± " in text
+    # the backbone is scored for trained methods and random encoders; hand-made has none
+    assert "backbone macro-F1" in text and "backbone v→v mAP" in text
+    by_method = first.runs.set_index("method")["backbone_localization_macro_f1"]
+    assert np.isfinite(by_method.drop("handcrafted")).all()
+    assert by_method["handcrafted"].isna().all()
+    assert (first.runs["localization_c"] > 0).all()
 
     model = tmp_path / "work" / "runs" / "epg-seed0" / "model" / "model.pt"
     stamp = model.stat().st_mtime_ns

@@ -136,6 +136,8 @@ RULES: dict[str, Range] = {
     "model.dim": at_least(1, "embedding size"),
     "model.audio_widths": at_least(1, "channels per audio conv block", nonempty=True),
     "model.video_widths": at_least(1, "channels per video conv block", nonempty=True),
+    "model.bands": at_least(1, "frequency bands kept at the audio readout"),
+    "model.grid": at_least(1, "grid × grid spatial cells kept at the video readout"),
     "train.seed": SEED,
     "train.epochs": at_least(1, "passes over the training clips"),
     "train.batch_size": at_least(2, "clips per step; a contrastive batch needs 2"),
@@ -152,6 +154,13 @@ RULES: dict[str, Range] = {
     "train.refresh_every": at_least(1, "epochs between bank refreshes"),
     "train.partners_per_anchor": at_least(0, "partners drawn per anchor; 0 = none"),
     "train.threads": at_least(0, "torch CPU threads; 0 = torch's default"),
+    "augment.shift_pixels": at_least(0, "largest frame shift, pixels; 0 = none"),
+    "augment.flip": share("probability of a horizontal flip"),
+    "augment.gain_db": at_least(0, "largest audio gain change, dB; 0 = none"),
+    "augment.audio_shift": at_least(0, "largest audio shift against the video, mel frames"),
+    "augment.freq_mask": at_least(0, "widest SpecAugment frequency mask, mel bands"),
+    "augment.time_mask": at_least(0, "widest SpecAugment time mask, mel frames"),
+    "train.steps": at_least(0, "optimizer steps; 0 = train.epochs whole epochs"),
     "evaluate.batch_size": at_least(1, "clips per forward pass"),
     "evaluate.probe_c": above(0, "inverse L2 strength of the probe"),
     "evaluate.anomaly_k": at_least(1, "nearest train clips behind the anomaly score"),
@@ -178,6 +187,7 @@ RULES: dict[str, Range] = {
     "experiment.seconds": above(0, "seconds per recording"),
     "experiment.seeds": at_least(0, "training seeds", nonempty=True),
     "experiment.epochs": at_least(1, "epochs per training"),
+    "experiment.steps": at_least(0, "optimizer steps per training; 0 = whole epochs"),
     "experiment.jobs": at_least(1, "trainings at once"),
     "pipeline.run_as_user": at_least(1, "the images' user id; tasks run as non-root"),
 }
@@ -273,12 +283,15 @@ class ModelConfig(_Checked):
     dim: int
     audio_widths: tuple[int, ...]
     video_widths: tuple[int, ...]
+    bands: int
+    grid: int
 
 
 @dataclass(frozen=True)
 class TrainConfig(_Checked):
     seed: int
     epochs: int
+    steps: int
     batch_size: int
     lr: float
     weight_decay: float
@@ -300,6 +313,17 @@ class TrainConfig(_Checked):
     device: str
     compile: bool
     threads: int
+
+
+@dataclass(frozen=True)
+class AugmentConfig(_Checked):
+    enabled: bool
+    shift_pixels: int
+    flip: float
+    gain_db: float
+    audio_shift: int
+    freq_mask: int
+    time_mask: int
 
 
 @dataclass(frozen=True)
@@ -340,6 +364,7 @@ class ExperimentConfig(_Checked):
     seconds: float
     seeds: tuple[int, ...]
     epochs: int
+    steps: int
     methods: tuple[str, ...]
     jobs: int
 
@@ -363,6 +388,7 @@ class Config:
     validate: ValidateConfig
     model: ModelConfig
     train: TrainConfig
+    augment: AugmentConfig
     evaluate: EvaluateConfig
     serve: ServeConfig
     experiment: ExperimentConfig

@@ -64,7 +64,9 @@ TASKS = (("train_seconds", "train s"), ("localization_accuracy", "loc. acc"),
          ("localization_macro_f1", "macro-F1"),
          ("anomaly_combined_auc", "anomaly AUC"), ("anomaly_knn_auc", "kNN AUC"),
          ("search_a2v_map", "a→v mAP"), ("search_v2a_map", "v→a mAP"),
-         ("search_v2v_map", "v→v mAP"), ("search_v2v_r1", "v→v R@1"))
+         ("search_v2v_map", "v→v mAP"), ("search_v2v_r1", "v→v R@1"),
+         ("backbone_localization_macro_f1", "backbone macro-F1"),
+         ("backbone_search_v2v_map", "backbone v→v mAP"))
 PAIRS = (("pairs_mined_precision", "mined prec."),
          ("pairs_mined_same_recording", "mined same-rec."),
          ("pairs_temporal_precision", "temporal prec."), ("pairs_epg_precision", "EPG prec."),
@@ -109,7 +111,8 @@ def run_experiment(out: str | Path, params: Path | None, overrides: list[str], *
     # edit to it during a long grid cannot change (or break) the runs still to come
     configs = [load_config(params, [*overrides, *METHODS[name], f"train.seed={seed}",
                                     f"train.threads={threads}",
-                                    f"train.epochs={cfg.experiment.epochs}"])
+                                    f"train.epochs={cfg.experiment.epochs}",
+                                    f"train.steps={cfg.experiment.steps}"])
                for name, seed in jobs]
     with ProcessPoolExecutor(cfg.experiment.jobs, mp_context=get_context("forkserver")) as pool:
         futures = [pool.submit(_train_and_score, name, seed, run_cfg, dataset,
@@ -162,16 +165,17 @@ def _baselines(dataset: Path, cfg: Config) -> list[dict]:
     """Hand-made features once (deterministic), random encoders once per seed."""
     from sempair.dataset import ClipDataset
     from sempair.evaluate import score
-    from sempair.evaluate.embeddings import encode, handcrafted, random_encoders
+    from sempair.evaluate.embeddings import LAYERS, encode, handcrafted, random_encoders
 
     data, size = ClipDataset(dataset), cfg.evaluate.batch_size
     hand = score(handcrafted(data, size), cfg).metrics
     rows = [{"method": "handcrafted", "seed": seed, "train_seconds": 0.0, **hand}
             for seed in cfg.experiment.seeds]
     for seed in cfg.experiment.seeds:
-        emb = encode(random_encoders(cfg.model, seed, data, size), data, size)
+        model = random_encoders(cfg.model, seed, data, size)
+        emb, backbone = (encode(model, data, size, layer) for layer in LAYERS)
         rows.append({"method": "random", "seed": seed, "train_seconds": 0.0,
-                     **score(emb, cfg).metrics})
+                     **score(emb, cfg, backbone).metrics})
     return rows
 
 
@@ -182,7 +186,7 @@ def _train_and_score(method: str, seed: int, cfg: Config, dataset: Path,
 
     from sempair.dataset import ClipDataset
     from sempair.evaluate import score
-    from sempair.evaluate.embeddings import encode, load_encoders
+    from sempair.evaluate.embeddings import LAYERS, encode, load_encoders
     from sempair.train import train
 
     done = run_dir / "metrics.json"
@@ -191,7 +195,9 @@ def _train_and_score(method: str, seed: int, cfg: Config, dataset: Path,
     torch.set_num_threads(cfg.train.threads)
     summary = train(dataset, run_dir / "model", cfg, resume=True)
     model, _ = load_encoders(run_dir / "model")
-    metrics = score(encode(model, ClipDataset(dataset), cfg.evaluate.batch_size), cfg).metrics
+    data, size = ClipDataset(dataset), cfg.evaluate.batch_size
+    emb, backbone = (encode(model, data, size, layer) for layer in LAYERS)
+    metrics = score(emb, cfg, backbone).metrics
     row = {"method": method, "seed": seed, "train_seconds": summary.seconds, **metrics}
     done.write_text(json.dumps(json_safe(row), indent=2) + "\n")
     return row
@@ -222,7 +228,10 @@ def results_markdown(runs: pd.DataFrame, cfg: Config, quick: bool, overrides: li
              f"Training: {x.epochs} epochs, seeds {list(x.seeds)}, batch {cfg.train.batch_size}, "
              f"τ {cfg.train.temperature}; EPG defaults: rule {cfg.train.rule}, k {cfg.train.k}, "
              f"candidates {cfg.train.candidates}, warm-up {cfg.train.warmup_epochs} epochs. "
-             "Mean ± std over seeds; `same` below means within the seed-to-seed spread.", "",
+             "Mean ± std over seeds; `same` below means within the seed-to-seed spread. "
+             "Probes are class-balanced, their C chosen on the val split; `backbone` "
+             "columns score the encoders' readout before the projection heads (n/a for "
+             "hand-made features, which have none).", "",
              "### Downstream tasks (test split)", "",
              _table(mean, std, TASKS, methods), "",
              "### Pair quality (train split, at each model's embeddings)", "",

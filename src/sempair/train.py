@@ -34,6 +34,8 @@ from torch import nn
 from tqdm import tqdm
 
 from sempair import SempairError, __version__, json_safe, weights
+from sempair.augment import augment
+from sempair.augment import generator as augment_rng
 from sempair.config import Config
 from sempair.dataset import ClipDataset
 from sempair.lineage import build_card, validation_record, write_card
@@ -53,7 +55,8 @@ from sempair.pairing import (
 CHECKPOINT, LOG, WEIGHTS = "checkpoint.pt", "log.jsonl", "model.pt"
 HISTORY_COLUMNS = ("epoch", "step", "loss", "mined_precision", "base_rate",
                    "false_negative_rate", "clips_per_second")
-RESUME_SECTIONS = ("model", "train")   # what a resumed run must share with its checkpoint
+# what a resumed run must share with its checkpoint
+RESUME_SECTIONS = ("model", "train", "augment")
 
 
 class TrainingError(SempairError):
@@ -257,7 +260,8 @@ def train(dataset: str | Path, out: str | Path, cfg: Config, *, resume: bool = F
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     sampler = PartnerBatchSampler(len(data), t.batch_size, t.partners_per_anchor, t.seed)
     steps_per_epoch = len(sampler.batches(0, None))
-    total_steps = t.epochs * steps_per_epoch
+    epochs = math.ceil(t.steps / steps_per_epoch) if t.steps else t.epochs
+    total_steps = t.steps or t.epochs * steps_per_epoch      # the last epoch may be cut short
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, t.lr_warmup_steps, total_steps))
     temporal = temporal_partners(recording.numpy(), clip.numpy(), t.temporal_tolerance)
@@ -272,7 +276,7 @@ def train(dataset: str | Path, out: str | Path, cfg: Config, *, resume: bool = F
     elif (out / CHECKPOINT).exists():
         raise TrainingError(f"{out} already holds a training run; pass --resume to continue "
                             "it, or choose another output folder")
-    if resumed and start_epoch >= t.epochs and (out / "summary.json").exists():
+    if resumed and start_epoch >= epochs and (out / "summary.json").exists():
         done = json.loads((out / "summary.json").read_text())      # nothing left to run
         return TrainSummary(**{k: math.nan if v is None else v for k, v in done.items()}
                             | {"out": out})
@@ -286,7 +290,7 @@ def train(dataset: str | Path, out: str | Path, cfg: Config, *, resume: bool = F
     started, seen, last_quality, epoch_losses = time.perf_counter(), 0, {}, []
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if rt.device.type == "cuda" \
         else contextlib.nullcontext()
-    for epoch in range(start_epoch, t.epochs):
+    for epoch in range(start_epoch, epochs):
         epg = t.pairing == "epg" and epoch >= t.warmup_epochs
         mining_seconds = 0.0
         if epg and t.candidates == "dataset" and (
@@ -313,14 +317,16 @@ def train(dataset: str | Path, out: str | Path, cfg: Config, *, resume: bool = F
             if supervised else (temporal if t.temporal_tolerance > 0 else None)
 
         trained.train()
-        batches = sampler.batches(epoch, partners)
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{t.epochs}", unit="step",
+        batches = sampler.batches(epoch, partners)[:total_steps - step]
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", unit="step",
                    disable=not (progress and rt.main), leave=False)
         epoch_losses, epoch_quality, began = [], [], time.perf_counter()
         for ids in bar:
             ids = np.concatenate([ids[r::rt.world] for r in range(rt.world)])  # rank order
             local = ids.reshape(rt.world, -1)[rt.rank]
             audio, video = (x.to(rt.device, non_blocking=True) for x in data.batch(local))
+            audio, video = augment(audio, video, cfg.augment,
+                                   augment_rng(t.seed + 7919 * rt.rank, step))
             with autocast:
                 audio_emb, video_emb = trained(audio, video)               # [b, d] each
             audio_all, video_all = _gather(audio_emb, rt), _gather(video_emb, rt)  # [B, d]
@@ -380,7 +386,7 @@ def train(dataset: str | Path, out: str | Path, cfg: Config, *, resume: bool = F
                   **last_quality)
         if rt.main:
             if progress:
-                print(f"epoch {epoch + 1}/{t.epochs}: loss {np.mean(epoch_losses):.4f}"
+                print(f"epoch {epoch + 1}/{epochs}: loss {np.mean(epoch_losses):.4f}"
                       + (f", mined precision {last_quality['mined_precision']:.2f} vs "
                          f"{last_quality['base_rate']:.2f} random"
                          if not math.isnan(last_quality.get("mined_precision", math.nan))
@@ -397,7 +403,7 @@ def train(dataset: str | Path, out: str | Path, cfg: Config, *, resume: bool = F
             dist.barrier()
 
     seconds = time.perf_counter() - started
-    summary = TrainSummary(out=out, dataset_id=data.meta["dataset_id"], epochs=t.epochs,
+    summary = TrainSummary(out=out, dataset_id=data.meta["dataset_id"], epochs=epochs,
                            steps=step,
                            final_loss=float(np.mean(epoch_losses)) if step else math.nan,
                            mined_precision=last_quality.get("mined_precision", math.nan),

@@ -3,10 +3,19 @@
 Every task in `sempair.evaluate` reads an `Embeddings`: the audio and video vector of
 every clip of a dataset with the clip's manifest row. Three producers:
 
-- `encode(model, data)`   the trained encoders, frozen (eval mode, running BatchNorm stats);
+- `encode(model, data)`   the trained encoders, frozen (eval mode, running BatchNorm stats),
+                          at one of two layers (`layer=`):
+                          `projection`  the L2-normalised embeddings the encoders were
+                                        trained to align: one shared space (cross-modal);
+                          `backbone`    the readout before the projection heads
+                                        (`AVEncoders.backbone`), each modality standardised
+                                        with the train split's mean and spread, then unit
+                                        length (raw readouts are non-negative, so their
+                                        cosine is dominated by the common mean). Audio and
+                                        video differ in size: `cross_modal=False`;
 - `random_encoders(...)`  the same architecture, randomly initialised, BatchNorm statistics
                           taken from the train split (so the baseline is not crippled by
-                          unnormalised inputs);
+                          unnormalised inputs); `encode` it at either layer;
 - `handcrafted(data)`     log-mel statistics and colour/motion statistics, standing in for
                           task-specific features. Audio and video live in different spaces,
                           so cross-modal tasks are undefined for it (`cross_modal=False`).
@@ -28,6 +37,7 @@ from sempair.dataset import ClipDataset
 from sempair.models import AVEncoders
 
 GRID = 4   # hand-made video features: colour and motion on a GRID × GRID layout
+LAYERS = ("projection", "backbone")   # where `encode` reads the encoders
 
 
 class EvaluationError(SempairError):
@@ -76,16 +86,25 @@ def check_features(saved: dict, data: ClipDataset) -> None:
 
 
 @torch.no_grad()
-def encode(model: AVEncoders, data: ClipDataset, batch_size: int) -> Embeddings:
-    """Embed every clip of `data` with frozen encoders."""
+def encode(model: AVEncoders, data: ClipDataset, batch_size: int,
+           layer: str = "projection") -> Embeddings:
+    """Embed every clip of `data` with frozen encoders at `layer` (see LAYERS)."""
+    if layer not in LAYERS:
+        raise EvaluationError(f"unknown layer {layer!r}: pass one of {', '.join(LAYERS)}")
     model.eval()
+    forward = model if layer == "projection" else model.backbone
     audio, video = [], []
     for start in range(0, len(data), batch_size):
-        a, v = model(*data.batch(np.arange(start, min(start + batch_size, len(data)))))
-        audio.append(a.float())
-        video.append(v.float())
-    return Embeddings(torch.cat(audio).numpy(), torch.cat(video).numpy(),
-                      data.manifest.reset_index(drop=True), cross_modal=True)
+        a, v = forward(*data.batch(np.arange(start, min(start + batch_size, len(data)))))
+        audio.append(a.float())                 # [B, dim] or [B, F_a]
+        video.append(v.float())                 # [B, dim] or [B, F_v]
+    audio, video = torch.cat(audio).numpy(), torch.cat(video).numpy()
+    clips = data.manifest.reset_index(drop=True)
+    if layer == "projection":
+        return Embeddings(audio, video, clips, cross_modal=True)
+    train = clips["split"].to_numpy() == "train"
+    return Embeddings(_unit(_standardise(audio, train)), _unit(_standardise(video, train)),
+                      clips, cross_modal=False)
 
 
 @torch.no_grad()

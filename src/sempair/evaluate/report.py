@@ -51,7 +51,9 @@ PAIR_MEASURES = {"precision": "precision", "recall": "recall",
 METRIC_GROUPS = {"localization_": "Event localization (linear probe, test split)",
                  "anomaly_": "Anomaly detection (test split)",
                  "search_": "Event search (test queries, train archive)",
-                 "pairs_": "Pair quality (train split)"}
+                 "pairs_": "Pair quality (train split)",
+                 "backbone_": "Backbone, before the projection heads (probe, v→v search, "
+                              "kNN anomaly)"}
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }

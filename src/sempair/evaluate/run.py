@@ -1,13 +1,17 @@
 """`sempair evaluate MODEL DATASET OUT`: every task on one embedding, then the gate.
 
-    embeddings (frozen encoders, or a baseline)
-      -> localization probe (train -> test) -> anomaly scores (test vs train)
-      -> event search (test queries, train archive) -> pair quality (train)
+    embeddings (frozen encoders, or a baseline), at the projection and the backbone
+      -> localization probe (C chosen on val, fit on train, scored on test)
+      -> anomaly scores (test vs train) -> event search (test queries, train archive)
+      -> pair quality (train)
       -> metrics.json, evaluation.json, probe.npz, anomaly.npz, report.html (unless
          report=False: `sempair evaluate --no-report`; a release works without it)
 
 `score` does the tasks for any `Embeddings`, so the experiment grid scores baselines
-with exactly the code that scores trained models.
+with exactly the code that scores trained models. The metric names without a prefix are
+the projection's (the gate reads them); given the backbone's `Embeddings` too, `score`
+adds `backbone_` metrics: the probe, video→video search and the kNN anomaly score
+(cross-modal tasks are undefined there: the audio and video backbones are two spaces).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from sempair.evaluate.embeddings import (
     load_encoders,
 )
 from sempair.evaluate.pairs import pair_metrics
-from sempair.evaluate.probe import Localization, localization
+from sempair.evaluate.probe import Localization, c_grid, localization
 from sempair.evaluate.search import Ranking, event_search
 
 # the gate: (metric, EvaluateConfig field with its threshold)
@@ -39,7 +43,12 @@ GATE = (("localization_macro_f1", "gate_macro_f1"),
         ("anomaly_combined_auc", "gate_anomaly_auc"))
 HEADLINE = ("localization_accuracy", "localization_macro_f1", "anomaly_combined_auc",
             "anomaly_combined_ap", "search_a2v_map", "search_v2v_map", "search_v2v_r1",
-            "pairs_temporal_precision", "pairs_epg_precision", "pairs_base_rate")
+            "pairs_temporal_precision", "pairs_epg_precision", "pairs_base_rate",
+            "backbone_localization_macro_f1", "backbone_search_v2v_map")
+# the backbone's metrics, each written with a `backbone_` prefix
+BACKBONE = ("localization_accuracy", "localization_macro_f1", "localization_c",
+            "search_v2v_map", "search_v2v_r1", "search_v2v_r10", "anomaly_knn_auc",
+            "anomaly_knn_ap")
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,7 @@ class Scores:
     scorer: AnomalyScorer
     anomaly_scores: dict        # name -> [n_test]
     rankings: dict[str, Ranking]
+    backbone: Localization | None = None    # the backbone's probe, when it was scored
 
 
 @dataclass(frozen=True)
@@ -80,7 +90,8 @@ class EvalSummary:
 
     def __str__(self) -> str:
         lines = [f"evaluation -> {self.out}"]
-        lines += [f"  {name:<28} {self.metrics[name]:.3f}" for name in HEADLINE]
+        lines += [f"  {name:<32} {self.metrics[name]:.3f}" for name in HEADLINE
+                  if name in self.metrics]
         lines.append(f"gate: {'passed' if self.passed else 'failed'}")
         lines += [f"  {check}" for check in self.gate]
         return "\n".join(lines)
@@ -98,8 +109,9 @@ def check_labels(emb: Embeddings) -> None:
                                   "change ingest.test_fraction and ingest again")
 
 
-def score(emb: Embeddings, cfg: Config) -> Scores:
-    """Localization, anomaly, search and pair quality for one embedding."""
+def score(emb: Embeddings, cfg: Config, backbone: Embeddings | None = None) -> Scores:
+    """Localization, anomaly, search and pair quality for one embedding (the projection),
+    and the `backbone_` metrics of `backbone` when given."""
     check_labels(emb)
     e = cfg.evaluate
     located = localization(emb, e.probe_c)
@@ -107,12 +119,39 @@ def score(emb: Embeddings, cfg: Config) -> Scores:
     anomaly, anomaly_scores = anomaly_metrics(emb, scorer)
     search, rankings = event_search(emb)
     metrics = {"localization_accuracy": located.accuracy,
-               "localization_macro_f1": located.macro_f1,
+               "localization_macro_f1": located.macro_f1, "localization_c": located.c,
                **anomaly, **search,
                **pair_metrics(emb, cfg.train, e.pair_batches, e.pair_batch_size),
                "clips_train": len(emb.rows("train")), "clips_test": len(emb.rows("test")),
                "test_anomalies": int(emb.clips["anomaly"].to_numpy()[emb.rows("test")].sum())}
-    return Scores(metrics, located, scorer, anomaly_scores, rankings)
+    if backbone is None:
+        return Scores(metrics, located, scorer, anomaly_scores, rankings)
+    extra, backbone_located = backbone_metrics(backbone, cfg)
+    return Scores(metrics | extra, located, scorer, anomaly_scores, rankings,
+                  backbone_located)
+
+
+def backbone_metrics(emb: Embeddings, cfg: Config) -> tuple[dict[str, float], Localization]:
+    """The backbone's probe, video→video search and kNN anomaly score (BACKBONE, with a
+    `backbone_` prefix) -> (metrics, its localization)."""
+    check_labels(emb)
+    e = cfg.evaluate
+    located = localization(emb, e.probe_c)
+    anomaly, _ = anomaly_metrics(emb, fit_scorer(emb, e.anomaly_k))
+    search, _ = event_search(emb)
+    found = {"localization_accuracy": located.accuracy,
+             "localization_macro_f1": located.macro_f1, "localization_c": located.c,
+             **anomaly, **search}
+    return {f"backbone_{name}": found[name] for name in BACKBONE}, located
+
+
+def probe_record(located: Localization, centre: float) -> dict:
+    """How the probe was fitted, for evaluation.json (serving refits with its C)."""
+    return {"c": located.c, "chosen_on": "val" if located.c_scores else
+            "fallback: evaluate.probe_c (no val split with two classes or more)",
+            "grid": list(c_grid(centre)),
+            "val_macro_f1": {f"{c:g}": f1 for c, f1 in located.c_scores.items()},
+            "class_weight": "balanced", "fitted_on": "train"}
 
 
 def gate(metrics: dict[str, float], e: EvaluateConfig) -> list[GateCheck]:
@@ -129,7 +168,7 @@ def evaluate(model_dir: str | Path, dataset: str | Path, out: str | Path, cfg: C
     data = ClipDataset(dataset)
     check_features(saved, data)
     emb = encode(model, data, cfg.evaluate.batch_size)
-    scores = score(emb, cfg)
+    scores = score(emb, cfg, encode(model, data, cfg.evaluate.batch_size, layer="backbone"))
     metrics = scores.metrics | {"seconds": time.perf_counter() - started}
     checks = gate(metrics, cfg.evaluate)
 
@@ -147,6 +186,8 @@ def evaluate(model_dir: str | Path, dataset: str | Path, out: str | Path, cfg: C
                  "checks": [{"metric": c.metric, "value": c.value, "threshold": c.threshold,
                              "passed": c.passed} for c in checks]},
         "report": report,       # report.html written (a release carries it when it is)
+        "probe": probe_record(scores.localization, cfg.evaluate.probe_c),
+        "backbone_probe": probe_record(scores.backbone, cfg.evaluate.probe_c),
         "evaluate": cfg.to_dict()["evaluate"], "sempair_version": __version__}),
         indent=2) + "\n")
     if report:

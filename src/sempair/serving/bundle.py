@@ -37,7 +37,7 @@ from sempair.config import ServeConfig
 from sempair.dataset import ClipDataset
 from sempair.evaluate.anomaly import AnomalyScorer
 from sempair.evaluate.embeddings import check_features, load_encoders
-from sempair.evaluate.probe import fit_probe
+from sempair.evaluate.probe import fit_probe, release_c
 from sempair.serving.export import ENCODERS, check_export, export_encoders, load_exported
 from sempair.storage import mismatched, sha256_path
 
@@ -154,11 +154,12 @@ def split_reference(reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _write_modality_probes(bundle: Path, release: Path, data: ClipDataset, rows: np.ndarray,
                            scorer: AnomalyScorer) -> None:
-    """Probes on one modality's embeddings, fitted like the release's audio-visual one."""
+    """Probes on one modality's embeddings, fitted like the release's audio-visual one:
+    class-balanced, on the train rows, with the C the evaluation chose on val."""
     if "label" not in data.manifest:
         return      # unlabelled data: one-modality media gets a 422 when served
     labels = data.manifest["label"].to_numpy().astype(str)[rows]
-    c = json.loads((release / "evaluation.json").read_text())["evaluate"]["probe_c"]
+    c = release_c(json.loads((release / "evaluation.json").read_text()))
     for kind, x in zip(("audio", "video"), split_reference(scorer.reference), strict=True):
         fit_probe(x, labels, c).save(bundle / f"probe_{kind}.npz")
 
