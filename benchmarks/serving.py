@@ -49,7 +49,7 @@ WORK = Path(__file__).with_name(".work") / "serving"
 LENIENT = ["evaluate.gate_macro_f1=0", "evaluate.gate_search_map=0",
            "evaluate.gate_anomaly_auc=-1", "evaluate.map_method=pca"]
 TINY = ["model.audio_widths=[8, 16]", "model.video_widths=[8, 16]", "model.dim=32"]
-SHORT_TRAINING = ["train.epochs=3", "train.warmup_epochs=1", "train.batch_size=32",
+SHORT_TRAINING = ["train.epochs=3", "train.steps=0", "train.warmup_epochs=1", "train.batch_size=32",
                   "train.lr_warmup_steps=2", "train.k=3"]
 WARMUP = 4              # requests before each row set, not timed
 

@@ -97,7 +97,7 @@ def main() -> None:
 
     root = dataset(args.recordings, args.seconds)
     n_train = len(ClipDataset(root, "train"))
-    common = [f"train.epochs={args.epochs}", "train.warmup_epochs=1"]
+    common = [f"train.epochs={args.epochs}", "train.steps=0", "train.warmup_epochs=1"]
     cfg = load_config(None, common)
     bare = bare_loop(ClipDataset(root, "train"), cfg, steps=max(n_train // 64, 3))
     temporal = trainer(root, [*common, "train.pairing=temporal", "train.loss=infonce",

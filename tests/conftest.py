@@ -15,8 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # a tiny model and schedule: the trainer's real code paths in seconds
 TRAIN_SMALL = ["model.audio_widths=[8, 16]", "model.video_widths=[8, 16]", "model.dim=32",
-               "train.batch_size=8", "train.epochs=3", "train.warmup_epochs=1", "train.k=3",
-               "train.lr_warmup_steps=2", "train.threads=1"]
+               "train.batch_size=8", "train.epochs=3", "train.steps=0", "train.warmup_epochs=1",
+               "train.k=3", "train.lr_warmup_steps=2", "train.threads=1"]
 
 
 @pytest.fixture(scope="session")

@@ -28,6 +28,8 @@ def test_quick_grid_writes_the_table_and_keeps_the_analysis(tmp_path):
     assert np.isfinite(by_method.drop("handcrafted")).all()
     assert by_method["handcrafted"].isna().all()
     assert (first.runs["localization_c"] > 0).all()
+    curves = tmp_path / "figures" / "training-curves.png"          # beside the results file
+    assert curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "training-curves.png" in text
 
     model = tmp_path / "work" / "runs" / "epg-seed0" / "model" / "model.pt"
     stamp = model.stat().st_mtime_ns
