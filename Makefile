@@ -40,7 +40,8 @@ demo: venv  ## synthetic recordings -> the Kubeflow pipeline, run locally
 		--set train.threads=2
 
 demo-s3: venv  ## the same, reading and publishing through a local S3-protocol server
-	$(VENV)/bin/sempair pipeline run --local --synth --recordings 16 --s3 --workdir runs/demo-s3
+	$(VENV)/bin/sempair pipeline run --local --synth --recordings 16 --s3 --workdir runs/demo-s3 \
+		--set train.threads=2
 
 repro: venv  ## the DVC pipeline (dvc.yaml) on params.yaml
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dvc repro

@@ -162,7 +162,7 @@ RULES: dict[str, Range] = {
     "augment.time_mask": at_least(0, "widest SpecAugment time mask, mel frames"),
     "train.steps": at_least(0, "optimizer steps; 0 = train.epochs whole epochs"),
     "evaluate.batch_size": at_least(1, "clips per forward pass"),
-    "evaluate.probe_c": above(0, "inverse L2 strength of the probe"),
+    "evaluate.probe_c": above(0, "centre of the probe's inverse-L2 grid chosen on val"),
     "evaluate.anomaly_k": at_least(1, "nearest train clips behind the anomaly score"),
     "evaluate.pair_batches": at_least(1, "batches behind the false-negative rate"),
     "evaluate.pair_batch_size": at_least(2, "clips per such batch"),

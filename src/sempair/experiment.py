@@ -196,7 +196,7 @@ def _baselines(dataset: Path, cfg: Config) -> list[dict]:
     """Hand-made features once (deterministic), random encoders once per seed."""
     from sempair.dataset import ClipDataset
     from sempair.evaluate import score
-    from sempair.evaluate.embeddings import LAYERS, encode, handcrafted, random_encoders
+    from sempair.evaluate.embeddings import encode_layers, handcrafted, random_encoders
 
     data, size = ClipDataset(dataset), cfg.evaluate.batch_size
     hand = score(handcrafted(data, size), cfg).metrics
@@ -204,7 +204,8 @@ def _baselines(dataset: Path, cfg: Config) -> list[dict]:
             for seed in cfg.experiment.seeds]
     for seed in cfg.experiment.seeds:
         model = random_encoders(cfg.model, seed, data, size)
-        emb, backbone = (encode(model, data, size, layer) for layer in LAYERS)
+        layers = encode_layers(model, data, size)
+        emb, backbone = layers["projection"], layers["backbone"]
         rows.append({"method": "random", "seed": seed, "train_seconds": 0.0,
                      **score(emb, cfg, backbone).metrics})
     return rows
@@ -217,7 +218,7 @@ def _train_and_score(method: str, seed: int, cfg: Config, dataset: Path,
 
     from sempair.dataset import ClipDataset
     from sempair.evaluate import score
-    from sempair.evaluate.embeddings import LAYERS, encode, load_encoders
+    from sempair.evaluate.embeddings import encode_layers, load_encoders
     from sempair.train import train
 
     done = run_dir / "metrics.json"
@@ -227,7 +228,8 @@ def _train_and_score(method: str, seed: int, cfg: Config, dataset: Path,
     summary = train(dataset, run_dir / "model", cfg, resume=True)
     model, _ = load_encoders(run_dir / "model")
     data, size = ClipDataset(dataset), cfg.evaluate.batch_size
-    emb, backbone = (encode(model, data, size, layer) for layer in LAYERS)
+    layers = encode_layers(model, data, size)
+    emb, backbone = layers["projection"], layers["backbone"]
     metrics = score(emb, cfg, backbone).metrics
     row = {"method": method, "seed": seed, "train_seconds": summary.seconds, **metrics}
     done.write_text(json.dumps(json_safe(row), indent=2) + "\n")

@@ -136,3 +136,11 @@ class AVEncoders(nn.Module):
                  frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The readout features before the projection heads: [B, C_a·bands], [B, C_v·g²]."""
         return self.audio.backbone(logmel), self.video.backbone(frames)
+
+    def layers(self, logmel: torch.Tensor, frames: torch.Tensor) -> dict[str, tuple]:
+        """Both layers from one pass: {"projection": (audio, video), "backbone": (...)}."""
+        features = self.backbone(logmel, frames)
+        heads = (self.audio.head, self.video.head)
+        return {"projection": tuple(F.normalize(head(x), dim=-1)
+                                    for head, x in zip(heads, features, strict=True)),
+                "backbone": features}

@@ -85,26 +85,31 @@ def check_features(saved: dict, data: ClipDataset) -> None:
             "trained on this dataset")
 
 
-@torch.no_grad()
 def encode(model: AVEncoders, data: ClipDataset, batch_size: int,
            layer: str = "projection") -> Embeddings:
     """Embed every clip of `data` with frozen encoders at `layer` (see LAYERS)."""
     if layer not in LAYERS:
         raise EvaluationError(f"unknown layer {layer!r}: pass one of {', '.join(LAYERS)}")
+    return encode_layers(model, data, batch_size)[layer]
+
+
+@torch.no_grad()
+def encode_layers(model: AVEncoders, data: ClipDataset,
+                  batch_size: int) -> dict[str, Embeddings]:
+    """Every clip of `data` at every layer of LAYERS, from one pass of the frozen encoders."""
     model.eval()
-    forward = model if layer == "projection" else model.backbone
-    audio, video = [], []
+    parts = {layer: ([], []) for layer in LAYERS}
     for start in range(0, len(data), batch_size):
-        a, v = forward(*data.batch(np.arange(start, min(start + batch_size, len(data)))))
-        audio.append(a.float())                 # [B, dim] or [B, F_a]
-        video.append(v.float())                 # [B, dim] or [B, F_v]
-    audio, video = torch.cat(audio).numpy(), torch.cat(video).numpy()
+        out = model.layers(*data.batch(np.arange(start, min(start + batch_size, len(data)))))
+        for layer, (audio, video) in parts.items():
+            audio.append(out[layer][0].float())     # [B, dim] or [B, F_a]
+            video.append(out[layer][1].float())     # [B, dim] or [B, F_v]
     clips = data.manifest.reset_index(drop=True)
-    if layer == "projection":
-        return Embeddings(audio, video, clips, cross_modal=True)
     train = clips["split"].to_numpy() == "train"
-    return Embeddings(_unit(_standardise(audio, train)), _unit(_standardise(video, train)),
-                      clips, cross_modal=False)
+    audio, video = (torch.cat(x).numpy() for x in parts["projection"])
+    backbone = [_unit(_standardise(torch.cat(x).numpy(), train)) for x in parts["backbone"]]
+    return {"projection": Embeddings(audio, video, clips, cross_modal=True),
+            "backbone": Embeddings(*backbone, clips, cross_modal=False)}
 
 
 @torch.no_grad()

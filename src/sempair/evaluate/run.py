@@ -30,7 +30,7 @@ from sempair.evaluate.embeddings import (
     Embeddings,
     EvaluationError,
     check_features,
-    encode,
+    encode_layers,
     load_encoders,
 )
 from sempair.evaluate.pairs import pair_metrics
@@ -167,8 +167,9 @@ def evaluate(model_dir: str | Path, dataset: str | Path, out: str | Path, cfg: C
     model, saved = load_encoders(model_dir)
     data = ClipDataset(dataset)
     check_features(saved, data)
-    emb = encode(model, data, cfg.evaluate.batch_size)
-    scores = score(emb, cfg, encode(model, data, cfg.evaluate.batch_size, layer="backbone"))
+    layers = encode_layers(model, data, cfg.evaluate.batch_size)
+    emb = layers["projection"]
+    scores = score(emb, cfg, layers["backbone"])
     metrics = scores.metrics | {"seconds": time.perf_counter() - started}
     checks = gate(metrics, cfg.evaluate)
 
