@@ -258,7 +258,9 @@ def results_markdown(runs: pd.DataFrame, cfg: Config, quick: bool, overrides: li
              f"{int(runs['clips_train'].iloc[0])} train clips, "
              f"{int(runs['clips_test'].iloc[0])} test clips "
              f"({int(runs['test_anomalies'].iloc[0])} anomalous).",
-             f"Training: {x.epochs} epochs, seeds {list(x.seeds)}, batch {cfg.train.batch_size}, "
+             f"Training: {f'{x.steps} steps' if x.steps else f'{x.epochs} epochs'}, seeds "
+             f"{list(x.seeds)}, batch {cfg.train.batch_size}, augmentation "
+             f"{'on' if cfg.augment.enabled else 'off'}, "
              f"τ {cfg.train.temperature}; EPG defaults: rule {cfg.train.rule}, k {cfg.train.k}, "
              f"candidates {cfg.train.candidates}, warm-up {cfg.train.warmup_epochs} epochs. "
              "Mean ± std over seeds; `same` below means within the seed-to-seed spread. "
