@@ -20,9 +20,9 @@ import torch
 from sempair.config import AugmentConfig
 
 
-def generator(seed: int, step: int) -> torch.Generator:
-    """The random stream for one step: a pure function of the seed and the step."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+def generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
+    """The random stream for one step of one DDP rank: a pure function of the three."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step + (rank << 40))
 
 
 def augment(audio: torch.Tensor, video: torch.Tensor, cfg: AugmentConfig,

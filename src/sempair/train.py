@@ -326,7 +326,7 @@ def train(dataset: str | Path, out: str | Path, cfg: Config, *, resume: bool = F
             local = ids.reshape(rt.world, -1)[rt.rank]
             audio, video = (x.to(rt.device, non_blocking=True) for x in data.batch(local))
             audio, video = augment(audio, video, cfg.augment,
-                                   augment_rng(t.seed + 7919 * rt.rank, step))
+                                   augment_rng(t.seed, step, rt.rank))
             with autocast:
                 audio_emb, video_emb = trained(audio, video)               # [b, d] each
             audio_all, video_all = _gather(audio_emb, rt), _gather(video_emb, rt)  # [B, d]
