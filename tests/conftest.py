@@ -55,5 +55,5 @@ def small_model(tmp_path_factory, synth_dataset: Path) -> Path:
     from sempair.train import train
 
     out = tmp_path_factory.mktemp("models") / "epg"
-    train(synth_dataset, out, load_config(None, TRAIN_SMALL))
+    train(synth_dataset, out, load_config(None, [*TRAIN_SMALL, "train.pairing=epg"]))
     return out

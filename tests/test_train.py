@@ -65,9 +65,10 @@ def test_each_mode_trains_and_writes_a_model_folder(tmp_path, synth_dataset, ext
 
 
 def test_kill_9_then_resume_gives_the_uninterrupted_losses(tmp_path, synth_dataset):
-    args = [f"--set={s}" for s in [*SMALL, "train.epochs=4"]]
+    epg = ["train.epochs=4", "train.pairing=epg"]     # mined partners and the bank resume too
+    args = [f"--set={s}" for s in [*SMALL, *epg]]
     whole = tmp_path / "whole"
-    train(synth_dataset, whole, small("train.epochs=4"))
+    train(synth_dataset, whole, small(*epg))
     cut = tmp_path / "cut"
     proc = subprocess.Popen([sys.executable, "-m", "sempair.cli", "train", str(synth_dataset),
                              str(cut), "-q", *args], cwd=ROOT)
@@ -79,7 +80,7 @@ def test_kill_9_then_resume_gives_the_uninterrupted_losses(tmp_path, synth_datas
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert weights.load(cut / "checkpoint.pt")["epoch"] == 2  # lost < 1 epoch
-    train(synth_dataset, cut, small("train.epochs=4"), resume=True)
+    train(synth_dataset, cut, small(*epg), resume=True)
     losses = lambda out: [(r["step"], r["loss"]) for r in steps(out) if r["kind"] == "step"]  # noqa: E731
     assert losses(cut) == losses(whole)
 
