@@ -16,8 +16,8 @@ import pytest
 
 from sempair.annotations import read_events
 from sempair.dataset import DatasetError, read_meta
-from sempair.ingest import IngestError, _run_workers, assign_splits, check_destination, ingest
-from sempair.storage import SourceFile, StorageError
+from sempair.ingest import IngestError, _run_workers, assign_splits, ingest
+from sempair.storage import SourceFile, StorageError, check_destination
 from sempair.synth import write_bad_files
 from tests.conftest import ROOT
 from tests.media_helpers import flash_and_click
@@ -284,16 +284,10 @@ def test_the_first_store_failure_stops_every_worker(tmp_path, cfg):
     assert not list((tmp_path / "shards").glob("finished-*"))
 
 
-def test_a_missing_output_bucket_fails_before_any_decoding(tmp_path, synth_source, cfg,
-                                                           s3_env, monkeypatch):
-    import sempair.ingest as module
-
-    def decode(*args, **kwargs):
-        raise AssertionError("decoding started before the destination was checked")
-
-    monkeypatch.setattr(module, "_run_workers", decode)
+def test_check_destination_names_a_missing_bucket(tmp_path, s3_env):
+    """Every command's s3:// output is checked before its work (tests/test_s3_cli.py
+    shows ingest failing before any decoding)."""
     with pytest.raises(StorageError, match="does not exist"):
-        ingest(synth_source, tmp_path / "out", cfg, workers=1,
-               destination=f"s3://{s3_env}-missing/datasets/a")
+        check_destination(f"s3://{s3_env}-missing/datasets/a")
     check_destination(f"s3://{s3_env}/datasets/a")     # an existing bucket passes
     check_destination(str(tmp_path / "local"))          # a local folder needs no check

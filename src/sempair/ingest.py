@@ -51,7 +51,6 @@ from sempair.media import ClipReader, MediaError
 from sempair.storage import (
     SourceFile,
     StorageError,
-    check_destination,
     listing_version,
     open_source,
     sha256_file,
@@ -109,17 +108,14 @@ class IngestSummary:
 
 
 def ingest(source: str | Path, out: str | Path, cfg: Config, *, workers: int | None = None,
-           overwrite: bool = False, progress: bool = False,
-           destination: str | None = None) -> IngestSummary:
-    """Turn the recordings under `source` into a clip dataset at `out`. `destination`, the
-    URI `out` will be published to (if not `out` itself), is checked before any work."""
+           overwrite: bool = False, progress: bool = False) -> IngestSummary:
+    """Turn the recordings under `source` into a clip dataset at `out` (an s3:// target is
+    checked before any work by whoever publishes `out`: `storage.check_destination`)."""
     started = time.perf_counter()
     src, out = open_source(source), Path(out).absolute()
     if out.exists() and not overwrite:
         raise IngestError(f"{out} already exists; pass --overwrite to replace it, or choose "
                           "another output folder")
-    if destination is not None:
-        check_destination(destination)
     files = src.list()
     exts = {e.lower().lstrip(".") for e in cfg.ingest.extensions}
     media = [f for f in files if _is_recording(f, exts)]
